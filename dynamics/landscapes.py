@@ -1,0 +1,266 @@
+"""Loss landscapes with known structure: value, gradient, minimizer, curvature bounds.
+
+Every landscape acts on one agent's parameters `x` of shape `(dim,)`; lift to the agent
+axis `(N, dim)` with `jax.vmap` (the solvers and oracles do this).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
+
+__all__ = [
+    "AbstractLandscape",
+    "Quadratic",
+    "TiltedMultiWell",
+    "Rastrigin",
+    "LogCoshQuadratic",
+]
+
+
+class AbstractLandscape(eqx.Module):
+    """A loss `f: R^dim -> R` with known minimizer and curvature bounds.
+
+    Subclasses implement `value`, `minimizer` and `curvature_bounds`; `grad` defaults to
+    `jax.grad(value)`. `curvature_bounds()` returns `(m, L)` with
+    `m <= lambda_min(∇²f(x))` and `lambda_max(∇²f(x)) <= L` for all x (`m < 0` for nonconvex f).
+    """
+
+    dim: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def value(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
+        """The loss f(x) of one agent, a scalar."""
+
+    def grad(self, x: Float[Array, " dim"]) -> Float[Array, " dim"]:
+        """The gradient ∇f(x) of one agent, shape `(dim,)`."""
+        return jax.grad(self.value)(x)
+
+    @abc.abstractmethod
+    def minimizer(self) -> Float[Array, " dim"]:
+        """A global minimizer x* (shape `(dim,)`)."""
+
+    @abc.abstractmethod
+    def curvature_bounds(self) -> tuple[float, float]:
+        """`(m, L)`: bounds on the Hessian's eigenvalues over all of R^dim."""
+
+    def in_global_basin(self, x: Float[Array, "... dim"]) -> Array:
+        """Whether `x` lies in the basin of attraction of the global minimizer (bool, `...`).
+
+        For a convex landscape that is everywhere.
+        """
+        return jnp.ones(jnp.shape(x)[:-1], dtype=bool)
+
+
+def _check_dim(dim: int) -> int:
+    if not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    return int(dim)
+
+
+class Quadratic(AbstractLandscape):
+    """`f(x) = ½ (x − c)ᵀ A (x − c)` with A symmetric positive semi-definite.
+
+    `hessian` is either a vector of diagonal entries `(dim,)` or a full matrix `(dim, dim)`.
+    """
+
+    hessian: Array
+    center: Array
+    dim: int = eqx.field(static=True)
+    diagonal: bool = eqx.field(static=True)
+
+    def __init__(self, hessian: ArrayLike, center: ArrayLike | None = None):
+        h = np.asarray(hessian, dtype=float)
+        if h.ndim == 0:
+            h = h[None]
+        if h.ndim == 1:
+            if np.any(h < 0):
+                raise ValueError(f"hessian diagonal must be >= 0, got {h.tolist()}")
+            self.diagonal = True
+        elif h.ndim == 2 and h.shape[0] == h.shape[1]:
+            if not np.allclose(h, h.T):
+                raise ValueError("hessian matrix must be symmetric")
+            if np.linalg.eigvalsh(h).min() < -1e-12:
+                raise ValueError("hessian matrix must be positive semi-definite")
+            self.diagonal = False
+        else:
+            raise ValueError(f"hessian must have shape (dim,) or (dim, dim), got {h.shape}")
+        self.dim = h.shape[0]
+        c = np.zeros(self.dim) if center is None else np.asarray(center, dtype=float)
+        if c.shape != (self.dim,):
+            raise ValueError(f"center must have shape ({self.dim},), got {c.shape}")
+        self.hessian = jnp.asarray(h)
+        self.center = jnp.asarray(c)
+
+    def value(self, x):
+        r = x - self.center
+        return 0.5 * jnp.dot(r, self.hessian * r if self.diagonal else self.hessian @ r)
+
+    def grad(self, x):
+        r = x - self.center
+        return self.hessian * r if self.diagonal else self.hessian @ r
+
+    def minimizer(self):
+        return self.center
+
+    def eigenvalues(self) -> np.ndarray:
+        """The Hessian's eigenvalues (ascending), as NumPy (host) values."""
+        h = np.asarray(self.hessian)
+        return np.sort(h) if self.diagonal else np.linalg.eigvalsh(h)
+
+    def curvature_bounds(self):
+        ev = self.eigenvalues()
+        return float(ev[0]), float(ev[-1])
+
+
+def _interval_basin(f1d, x_star: float, period: float) -> tuple[float, float]:
+    """The local maxima of a 1-D function on either side of `x_star` (its basin's ends)."""
+    grid = x_star + np.linspace(-1.5 * period, 1.5 * period, 30001)
+    vals = f1d(grid)
+    mid = len(grid) // 2
+    left = mid - 1
+    while left > 0 and vals[left - 1] >= vals[left]:
+        left -= 1
+    right = mid + 1
+    while right < len(grid) - 1 and vals[right + 1] >= vals[right]:
+        right += 1
+    return float(grid[left]), float(grid[right])
+
+
+class TiltedMultiWell(AbstractLandscape):
+    """Separable tilted multi-well: `f(x) = Σ_j [q x_j² + A sin²(π x_j) + t x_j]`.
+
+    With the defaults (`q = 1/20`, `A = 1`, `t = 0`) and `dim = 1` this is PAPERS.md's
+    `x²/20 + sin²(πx)`: wells at the integers, the global one at 0. A tilt `t ≠ 0` moves the
+    global minimum off the symmetric point. Curvature: `f'' = 2q + 2π²A cos(2πx)`.
+    """
+
+    quadratic: float = eqx.field(static=True)
+    amplitude: float = eqx.field(static=True)
+    tilt: float = eqx.field(static=True)
+    dim: int = eqx.field(static=True)
+
+    def __init__(self, dim: int = 1, quadratic: float = 0.05, amplitude: float = 1.0, tilt=0.0):
+        self.dim = _check_dim(dim)
+        if quadratic <= 0 or amplitude < 0:
+            raise ValueError(
+                f"need quadratic > 0 and amplitude >= 0, got quadratic={quadratic}, "
+                f"amplitude={amplitude}"
+            )
+        self.quadratic, self.amplitude, self.tilt = float(quadratic), float(amplitude), float(tilt)
+
+    def _f1d(self, x):
+        xp = jnp if isinstance(x, jax.Array) else np
+        return self.quadratic * x**2 + self.amplitude * xp.sin(math.pi * x) ** 2 + self.tilt * x
+
+    def value(self, x):
+        return jnp.sum(self._f1d(x))
+
+    def grad(self, x):
+        return 2 * self.quadratic * x + self.amplitude * math.pi * jnp.sin(2 * math.pi * x) + self.tilt
+
+    def _star_1d(self) -> float:
+        grid = np.linspace(-20, 20, 400001)
+        return float(grid[np.argmin(self._f1d(grid))])
+
+    def minimizer(self):
+        return jnp.full((self.dim,), self._star_1d())
+
+    def basin_1d(self) -> tuple[float, float]:
+        """The interval `(lo, hi)` of the global well in each coordinate."""
+        return _interval_basin(self._f1d, self._star_1d(), 1.0)
+
+    def in_global_basin(self, x):
+        lo, hi = self.basin_1d()
+        return jnp.all((x > lo) & (x < hi), axis=-1)
+
+    def curvature_bounds(self):
+        c = 2 * math.pi**2 * self.amplitude
+        return 2 * self.quadratic - c, 2 * self.quadratic + c
+
+
+class Rastrigin(AbstractLandscape):
+    """Rastrigin-type: `f(x) = Σ_j [x_j² / (2s) + A (1 − cos(2π x_j))]`, global minimum 0 at 0.
+
+    `s` (`scale`) sets how weakly the quadratic bowl confines the wells at the integers.
+    Curvature: `1/s + 4π²A cos(2πx)`.
+    """
+
+    scale: float = eqx.field(static=True)
+    amplitude: float = eqx.field(static=True)
+    dim: int = eqx.field(static=True)
+
+    def __init__(self, dim: int = 2, scale: float = 10.0, amplitude: float = 1.0):
+        self.dim = _check_dim(dim)
+        if scale <= 0 or amplitude < 0:
+            raise ValueError(f"need scale > 0 and amplitude >= 0, got {scale}, {amplitude}")
+        self.scale, self.amplitude = float(scale), float(amplitude)
+
+    def _f1d(self, x):
+        xp = jnp if isinstance(x, jax.Array) else np
+        return x**2 / (2 * self.scale) + self.amplitude * (1 - xp.cos(2 * math.pi * x))
+
+    def value(self, x):
+        return jnp.sum(self._f1d(x))
+
+    def grad(self, x):
+        return x / self.scale + 2 * math.pi * self.amplitude * jnp.sin(2 * math.pi * x)
+
+    def minimizer(self):
+        return jnp.zeros((self.dim,))
+
+    def basin_1d(self) -> tuple[float, float]:
+        """The interval `(lo, hi)` of the global well in each coordinate."""
+        return _interval_basin(self._f1d, 0.0, 1.0)
+
+    def in_global_basin(self, x):
+        lo, hi = self.basin_1d()
+        return jnp.all((x > lo) & (x < hi), axis=-1)
+
+    def curvature_bounds(self):
+        c = 4 * math.pi**2 * self.amplitude
+        return 1 / self.scale - c, 1 / self.scale + c
+
+
+class LogCoshQuadratic(AbstractLandscape):
+    """Strongly convex, not quadratic: `f(x) = Σ_j log cosh(x_j − c_j) + (m/2)‖x − c‖²`.
+
+    Curvature `m + sech²(x − c)` lies in `[m, m + 1]`; the minimizer is `c`.
+    """
+
+    strong_convexity: float = eqx.field(static=True)
+    center: Array
+    dim: int = eqx.field(static=True)
+
+    def __init__(self, dim: int = 1, strong_convexity: float = 0.1, center: ArrayLike | None = None):
+        self.dim = _check_dim(dim)
+        if strong_convexity <= 0:
+            raise ValueError(f"strong_convexity must be > 0, got {strong_convexity}")
+        self.strong_convexity = float(strong_convexity)
+        c = np.zeros(self.dim) if center is None else np.asarray(center, dtype=float)
+        if c.shape != (self.dim,):
+            raise ValueError(f"center must have shape ({self.dim},), got {c.shape}")
+        self.center = jnp.asarray(c)
+
+    def value(self, x):
+        r = x - self.center
+        # log cosh(r) = |r| + log1p(exp(-2|r|)) - log 2, stable for large |r|.
+        a = jnp.abs(r)
+        return jnp.sum(a + jnp.log1p(jnp.exp(-2 * a)) - math.log(2) + 0.5 * self.strong_convexity * r**2)
+
+    def grad(self, x):
+        r = x - self.center
+        return jnp.tanh(r) + self.strong_convexity * r
+
+    def minimizer(self):
+        return self.center
+
+    def curvature_bounds(self):
+        return self.strong_convexity, self.strong_convexity + 1.0
