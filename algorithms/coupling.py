@@ -1,0 +1,143 @@
+"""Coupling rules as Optax transforms: the Euler step of the rule's vector field.
+
+For a rule with force `F_i(x, aux, ℓ)` and auxiliary dynamics `A` (see `dynamics.coupling`),
+`coupling(rule, step_size=h, gradient_scale=η)` maps gradients to
+
+    u_i = η g_i − F_i(x, aux, ℓ)          (the coupling enters in gradient space,
+    aux ← aux + h A(x, aux, ℓ, ∇f)         like weight decay)
+
+so that chaining with `optax.sgd(h)` gives `x_i ← x_i + h(−η g_i + F_i)`: one Euler step of
+size h (time units) of the first-order system. Chaining with `heavy_ball(γ, h)` instead gives
+the explicit Euler step of the heavy-ball system. Chaining with `optax.sgd(lr, momentum=β)`
+puts the coupling force through the momentum trace, as in momentum quorum SGD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dynamics.coupling import AbstractCoupling
+from dynamics.system import CoupledSystem
+
+__all__ = [
+    "CouplingState",
+    "HeavyBallState",
+    "coupling",
+    "heavy_ball",
+    "euler_optimizer",
+]
+
+
+class CouplingState(NamedTuple):
+    """State holding the rule's auxiliary variable (e.g. the quorum z) and the step count."""
+
+    aux: Any
+    count: jax.Array
+
+
+def _check_rate(name: str, value: float, allow_zero: bool = False) -> float:
+    v = float(value)
+    if not jnp.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+def coupling(
+    rule: AbstractCoupling,
+    step_size: float,
+    gradient_scale: float = 1.0,
+    aux_gradient_fn: Callable[[Any], Any] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """The coupling rule `rule` as a gradient transformation over stacked agent parameters.
+
+    Args:
+        rule: a coupling rule (`dynamics.coupling.AbstractCoupling`).
+        step_size: h > 0, the time advanced per call (used for the auxiliary state's Euler
+            step; it must equal the learning rate of the optimizer chained after).
+        gradient_scale: η > 0, the gradient's weight in the drift.
+        aux_gradient_fn: ∇f for one agent's parameters, needed by rules with
+            `needs_aux_gradient` (e.g. a quorum variable that descends the loss).
+
+    Returns:
+        A transform whose `update(grads, state, params, *, losses=None)` returns
+        `η g − F(params, aux, losses)`; every leaf has the agent axis N first. `losses` `(N,)`
+        is required by rules with `needs_losses`.
+    """
+    if not isinstance(rule, AbstractCoupling):
+        raise TypeError(f"rule must be an AbstractCoupling, got {type(rule)}")
+    h = _check_rate("step_size", step_size)
+    eta = _check_rate("gradient_scale", gradient_scale)
+    if rule.needs_aux_gradient and aux_gradient_fn is None:
+        raise ValueError(f"{type(rule).__name__} needs aux_gradient_fn (∇f at the auxiliary state)")
+
+    def init_fn(params):
+        return CouplingState(aux=rule.init(params), count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None, *, losses=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError("coupling needs the agents' params: call update(grads, state, params)")
+        if rule.needs_losses and losses is None:
+            raise ValueError(f"{type(rule).__name__} needs the agents' losses: pass losses=(N,)")
+        force = rule.force(params, state.aux, losses)
+        out = jax.tree.map(lambda g, f: eta * g - f, updates, force)
+        aux_dot = rule.aux_drift(params, state.aux, losses, aux_gradient_fn)
+        aux = jax.tree.map(lambda a, d: a + h * d, state.aux, aux_dot)
+        return out, CouplingState(aux=aux, count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class HeavyBallState(NamedTuple):
+    """State holding the agents' velocities v (same pytree as params)."""
+
+    velocity: Any
+
+
+def heavy_ball(damping: float, step_size: float) -> optax.GradientTransformation:
+    """Explicit Euler step of `dx = v dt, dv = (−γ v − u) dt` with step h.
+
+    Given incoming updates `u` (a force in gradient units, e.g. `η g − F`), returns the
+    parameter update `h v_k` and sets `v_{k+1} = v_k + h(−γ v_k − u)`. Unlike
+    `optax.sgd(momentum=β)` (which steps with the new velocity), this is exactly
+    Euler–Maruyama on the heavy-ball SDE when `u` carries the noise.
+
+    Args:
+        damping: γ >= 0 (1/time).
+        step_size: h > 0 (time per step).
+    """
+    gamma = _check_rate("damping", damping, allow_zero=True)
+    h = _check_rate("step_size", step_size)
+
+    def init_fn(params):
+        return HeavyBallState(velocity=jax.tree.map(jnp.zeros_like, params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        step = jax.tree.map(lambda v: h * v, state.velocity)
+        velocity = jax.tree.map(lambda v, u: v + h * (-gamma * v - u), state.velocity, updates)
+        return step, HeavyBallState(velocity=velocity)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def euler_optimizer(system: CoupledSystem, step_size: float) -> optax.GradientTransformationExtraArgs:
+    """The discrete form of `system`: one Euler step of size h (time units) per update.
+
+    With gradients `g = ∇f(x) + ξ` from `algorithms.oracles.sde_matched_oracle(system, h)`
+    and the same key, the iterates equal the Euler–Maruyama path of `dynamics.solve`.
+    """
+    rule = coupling(
+        system.coupling,
+        step_size,
+        gradient_scale=system.learning_rate,
+        aux_gradient_fn=system.landscape.grad,
+    )
+    if system.momentum:
+        return optax.chain(rule, heavy_ball(system.damping, step_size))
+    return optax.chain(rule, optax.scale(-step_size))
