@@ -65,11 +65,14 @@ def tree_zeros_like(tree: PyTree) -> PyTree:
     return jax.tree.map(jnp.zeros_like, tree)
 
 
-def _nonnegative(name: str, value) -> float:
-    v = float(value)
-    if not np.isfinite(v) or v < 0:
+def _nonnegative(name: str, value):
+    """Check a gain >= 0. Traced values (a gain swept under `vmap`) pass unchecked."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    v = np.asarray(value, dtype=float)
+    if v.ndim or not np.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return v
+    return float(v)
 
 
 class AbstractCoupling(eqx.Module):
@@ -110,9 +113,12 @@ class Uncoupled(AbstractCoupling):
 
 
 class MeanField(AbstractCoupling):
-    """All-to-all coupling through the spatial mean: `F_i = k (x̄ − x_i)`, k >= 0."""
+    """All-to-all coupling through the spatial mean: `F_i = k (x̄ − x_i)`, k >= 0.
 
-    gain: float = eqx.field(static=True)
+    The gain is a pytree leaf, so it can be swept under `jax.vmap` without recompiling.
+    """
+
+    gain: float | jax.Array
 
     def __init__(self, gain: float):
         self.gain = _nonnegative("gain (k)", gain)
@@ -134,10 +140,12 @@ class Quorum(AbstractCoupling):
         gain: k >= 0, the pull of z on each agent (1/time).
         quorum_gain: k_z >= 0, the pull of each agent on z (1/time).
         center_learning_rate: η_z >= 0; if > 0, z also descends the loss (needs ∇f at z).
+
+    The gains are pytree leaves (sweepable under `jax.vmap`); η_z is static.
     """
 
-    gain: float = eqx.field(static=True)
-    quorum_gain: float = eqx.field(static=True)
+    gain: float | jax.Array
+    quorum_gain: float | jax.Array
     center_learning_rate: float = eqx.field(static=True)
 
     def __init__(self, gain: float, quorum_gain: float, center_learning_rate: float = 0.0):

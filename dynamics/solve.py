@@ -67,7 +67,7 @@ def solve(
     t0: float = 0.0,
     solver: diffrax.AbstractSolver | None = None,
     saveat: int | Any = 101,
-    brownian: str = "step",
+    brownian: str | diffrax.AbstractBrownianPath = "step",
     adaptive: bool = False,
     rtol: float = 1e-3,
     atol: float = 1e-6,
@@ -87,7 +87,9 @@ def solve(
             Solvers that need space-time Lévy area (SRA1, ShARK, …) get it automatically.
         saveat: number of equally spaced save times, an array of times, or a `diffrax.SaveAt`.
         brownian: "step" (`StepBrownianPath`, fast, fixed steps only, shares its numbers with
-            the discrete form) or "tree" (`diffrax.VirtualBrownianTree`, for adaptive steps).
+            the discrete form), "tree" (`diffrax.VirtualBrownianTree` with tolerance dt/8,
+            for adaptive steps), or a Brownian path of shape `(N, dim)` to use as given
+            (e.g. one tree shared by solves at several step sizes).
         adaptive: use a PID step-size controller (`rtol`, `atol`); the solver must give an
             error estimate (e.g. Heun) and `brownian` must be "tree" when noisy.
         max_steps: cap on solver steps; default: exact for fixed steps, 64× that if adaptive.
@@ -102,12 +104,14 @@ def solve(
     dt = _positive("dt", dt)
     if not t1 > t0:
         raise ValueError(f"need t1 > t0, got t0={t0}, t1={t1}")
-    if brownian not in ("step", "tree"):
-        raise ValueError(f"brownian must be 'step' or 'tree', got {brownian!r}")
+    if isinstance(brownian, diffrax.AbstractBrownianPath):
+        pass
+    elif brownian not in ("step", "tree"):
+        raise ValueError(f"brownian must be 'step', 'tree' or a Brownian path, got {brownian!r}")
     noisy = not system.noise.is_zero()
-    if noisy and key is None:
+    if noisy and key is None and isinstance(brownian, str):
         raise ValueError("key is required for a noisy system (σ > 0)")
-    if adaptive and noisy and brownian == "step":
+    if adaptive and noisy and isinstance(brownian, str) and brownian == "step":
         raise ValueError("adaptive steps need brownian='tree' (StepBrownianPath is fixed-step)")
     solver = diffrax.Euler() if solver is None else solver
     n_steps = math.ceil((t1 - t0) / dt - 1e-9)
@@ -144,9 +148,11 @@ def _levy_area(solver):
 def _solve(system, state0, key, t0, t1, dt, solver, save, brownian, adaptive, rtol, atol, max_steps):
     levy = _levy_area(solver)
     shape = state0.x.shape
-    if brownian == "step":
+    if isinstance(brownian, diffrax.AbstractBrownianPath):
+        path = brownian
+    elif isinstance(brownian, str) and brownian == "step":
         path = StepBrownianPath(shape=shape, key=key, origin=t0, dt=dt, levy_area=levy)
-    elif brownian == "tree":
+    elif isinstance(brownian, str) and brownian == "tree":
         path = diffrax.VirtualBrownianTree(t0, t1, tol=dt / 8, shape=shape, key=key, levy_area=levy)
     else:
         path = None

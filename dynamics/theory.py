@@ -93,7 +93,7 @@ def linearize(system: CoupledSystem, n_agents: int) -> LinearSystem:
     """
     if n_agents < 1:
         raise ValueError(f"n_agents must be >= 1, got {n_agents}")
-    x_star = jnp.asarray(system.landscape.minimizer(), dtype=jnp.float64)
+    x_star = jnp.asarray(system.landscape.minimizer())
     x0 = jnp.broadcast_to(x_star, (n_agents, x_star.shape[0]))
     state0 = system.init(x0)
     flat0, unravel = ravel_pytree(state0)

@@ -8,15 +8,17 @@ of size N. Everything that acts on one agent is written for one agent and lifted
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import optax
+from jax import Array
 from jax.typing import ArrayLike
-from jaxtyping import Array, Float, Int, PyTree
 
 __all__ = [
     "MLP",
@@ -29,16 +31,18 @@ __all__ = [
     "evaluate",
 ]
 
-Params = PyTree[Array]
+# A pytree of arrays (a Flax variable dict).
+Params = Any
 # oracle(params_stacked, key, step) -> (losses (N,), grads like params_stacked)
-Oracle = Callable[[Params, Array, ArrayLike], tuple[Float[Array, " agents"], Params]]
+Oracle = Callable[[Params, Array, ArrayLike], tuple[Array, Params]]
 
 
 class MLP(nn.Module):
     """Fully connected ReLU network; inputs `(batch, ...)` are flattened per example.
 
     Attributes:
-      hidden: widths of the hidden layers (may be empty: multinomial logistic regression).
+      hidden: widths of the hidden layers (may be empty: multinomial logistic regression);
+        pass a tuple so the module stays hashable (a static argument under `jax.jit`).
       num_classes: number of output logits.
     """
 
@@ -46,7 +50,8 @@ class MLP(nn.Module):
     num_classes: int
 
     @nn.compact
-    def __call__(self, x: Float[Array, "batch ..."]) -> Float[Array, "batch classes"]:
+    def __call__(self, x: Array) -> Array:
+        """Logits `(batch, num_classes)` of inputs `(batch, ...)`."""
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
             x = nn.relu(nn.Dense(width)(x))
@@ -56,23 +61,22 @@ class MLP(nn.Module):
 class CNN1D(nn.Module):
     """Small 1-D convolutional network for MNIST-1D signals.
 
-    Three stride-2 convolutions (kernel 5, then 3, 3) halve the length each time
-    (40 -> 20 -> 10 -> 5), then one dense layer gives the logits. With the default
-    `features=(32, 32, 32)` and length-40 inputs it has 8,010 parameters, in the spirit of the
-    convolutional baseline of the MNIST-1D paper.
+    One stride-2 ReLU convolution per entry of `features` (kernel 5 for the first, 3 after)
+    halves the length each time (40 -> 20 -> 10 -> 5), then one dense layer gives the logits.
+    With the default `features=(32, 32, 32)` and length-40 inputs it has 8,010 parameters, in
+    the spirit of the convolutional baseline of the MNIST-1D paper.
 
     Attributes:
       num_classes: number of output logits.
-      features: channels of the three convolutions.
+      features: channels of the convolutions, one layer each.
     """
 
     num_classes: int = 10
     features: Sequence[int] = (32, 32, 32)
 
     @nn.compact
-    def __call__(
-        self, x: Float[Array, "batch length"] | Float[Array, "batch length channels"]
-    ) -> Float[Array, "batch classes"]:
+    def __call__(self, x: Array) -> Array:
+        """Logits `(batch, num_classes)` of signals `(batch, length)` or `(batch, length, c)`."""
         if x.ndim == 2:
             x = x[..., None]
         for layer, channels in enumerate(self.features):
@@ -100,7 +104,8 @@ class CNN2D(nn.Module):
     features: Sequence[int] = (32, 32, 64)
 
     @nn.compact
-    def __call__(self, x: Float[Array, "batch height width channels"]) -> Float[Array, "batch c"]:
+    def __call__(self, x: Array) -> Array:
+        """Logits `(batch, num_classes)` of images `(batch, height, width, channels)`."""
         first, second, third = self.features
         pool = dict(window_shape=(3, 3), strides=(2, 2), padding="SAME")
         x = nn.Conv(first, (5, 5), padding="SAME")(x)
@@ -114,7 +119,7 @@ class CNN2D(nn.Module):
 
 
 def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
@@ -174,7 +179,7 @@ def init_stacked(
 
 def cross_entropy_loss(
     model: nn.Module,
-) -> Callable[[Params, ArrayLike, ArrayLike], Float[Array, ""]]:
+) -> Callable[[Params, ArrayLike, ArrayLike], Array]:
     """Mean softmax cross-entropy of one agent's model on a batch.
 
     Args:
@@ -185,14 +190,14 @@ def cross_entropy_loss(
       `(batch,)`; returns a scalar.
     """
 
-    def loss(params: Params, x: ArrayLike, y: ArrayLike) -> Float[Array, ""]:
+    def loss(params: Params, x: ArrayLike, y: ArrayLike) -> Array:
         logits = model.apply(params, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y)).mean()
 
     return loss
 
 
-def accuracy(model: nn.Module) -> Callable[[Params, ArrayLike, ArrayLike], Float[Array, ""]]:
+def accuracy(model: nn.Module) -> Callable[[Params, ArrayLike, ArrayLike], Array]:
     """Fraction of a batch whose arg-max logit is the label, for one agent.
 
     Args:
@@ -203,7 +208,7 @@ def accuracy(model: nn.Module) -> Callable[[Params, ArrayLike, ArrayLike], Float
       `(batch,)`; returns a scalar in [0, 1].
     """
 
-    def accuracy_fn(params: Params, x: ArrayLike, y: ArrayLike) -> Float[Array, ""]:
+    def accuracy_fn(params: Params, x: ArrayLike, y: ArrayLike) -> Array:
         logits = model.apply(params, x)
         return (jnp.argmax(logits, axis=-1) == jnp.asarray(y)).mean(dtype=logits.dtype)
 
@@ -242,9 +247,7 @@ def minibatch_oracle(
         )
     num_train = y_train.shape[0]
     if x_train.shape[0] != num_train:
-        raise ValueError(
-            f"x_train has {x_train.shape[0]} examples but y_train has {num_train}"
-        )
+        raise ValueError(f"x_train has {x_train.shape[0]} examples but y_train has {num_train}")
     if not jnp.issubdtype(y_train.dtype, jnp.integer):
         raise ValueError(f"y_train must hold integer labels, got dtype {y_train.dtype}")
     _check_positive_int("batch_size", batch_size)
@@ -252,13 +255,11 @@ def minibatch_oracle(
         raise ValueError(f"batch_size {batch_size} exceeds the training set size {num_train}")
     value_and_grad = jax.value_and_grad(cross_entropy_loss(model))
 
-    def agent_oracle(params: Params, agent_key: Array) -> tuple[Float[Array, ""], Params]:
+    def agent_oracle(params: Params, agent_key: Array) -> tuple[Array, Params]:
         indices = jr.randint(agent_key, (batch_size,), 0, num_train)
         return value_and_grad(params, x_train[indices], y_train[indices])
 
-    def oracle(
-        params_stacked: Params, key: Array, step: Int[ArrayLike, ""]
-    ) -> tuple[Float[Array, " agents"], Params]:
+    def oracle(params_stacked: Params, key: Array, step: ArrayLike) -> tuple[Array, Params]:
         num_agents = _num_agents(params_stacked)
         step_key = jr.fold_in(key, step)
         agent_keys = jax.vmap(lambda agent: jr.fold_in(step_key, agent))(
@@ -275,7 +276,7 @@ def evaluate(
     x: ArrayLike,
     y: ArrayLike,
     batch_size: int | None = None,
-) -> tuple[Float[Array, " agents"], Float[Array, " agents"]]:
+) -> tuple[Array, Array]:
     """Mean cross-entropy and accuracy of every agent on a whole dataset.
 
     Jit with the model and `batch_size` static, e.g.

@@ -1,0 +1,111 @@
+"""Simulated asynchrony, deterministic inside `jit` (a virtual clock).
+
+- `delays`: delay models p(τ) and the delayed-iterate recursion with a ring buffer
+  (O(τ_max × params));
+- `pool`: W workers on a virtual clock with n-softsync aggregation (O(W × params));
+- `server`: server-side rules as Optax transforms that see each arrival's staleness and
+  snapshot (constant, staleness-aware α0/τ, 1/(τ + 1), GEM, DC-ASGD, Regatti's shrinking rate);
+- `decentralized`: DASGD and gossip over topologies with delayed views.
+"""
+
+from algorithms.asynchrony.decentralized import (
+    TOPOLOGIES,
+    DASGDState,
+    DASGDTrace,
+    GossipState,
+    GossipTrace,
+    dasgd_init,
+    dasgd_step,
+    gossip_init,
+    gossip_step,
+    metropolis_weights,
+    run_dasgd,
+    run_gossip,
+    topology,
+)
+from algorithms.asynchrony.delays import (
+    DelayedRun,
+    DelayModel,
+    RingBuffer,
+    categorical_delay,
+    constant_delay,
+    delayed_sgd,
+    divergence_step,
+    geometric_delay,
+    ring_buffer_init,
+    ring_buffer_push,
+    ring_buffer_read,
+    uniform_delay,
+)
+from algorithms.asynchrony.pool import (
+    Arrivals,
+    ComputeTime,
+    PoolState,
+    PoolTrace,
+    compute_time,
+    pool_init,
+    pool_step,
+    run_pool,
+    softsync_arrivals,
+)
+from algorithms.asynchrony.server import (
+    DCASGDState,
+    GEMState,
+    adaptive_staleness_rate,
+    constant_rate,
+    dc_asgd,
+    delay_scaled_learning_rate,
+    delay_scaled_rate,
+    gem,
+    scale_by_arrival_rate,
+    staleness_aware_rate,
+    with_server_momentum,
+)
+
+__all__ = [
+    "Arrivals",
+    "ComputeTime",
+    "DASGDState",
+    "DASGDTrace",
+    "DCASGDState",
+    "DelayModel",
+    "DelayedRun",
+    "GEMState",
+    "GossipState",
+    "GossipTrace",
+    "PoolState",
+    "PoolTrace",
+    "RingBuffer",
+    "TOPOLOGIES",
+    "adaptive_staleness_rate",
+    "categorical_delay",
+    "compute_time",
+    "constant_delay",
+    "constant_rate",
+    "dasgd_init",
+    "dasgd_step",
+    "dc_asgd",
+    "delay_scaled_learning_rate",
+    "delay_scaled_rate",
+    "delayed_sgd",
+    "divergence_step",
+    "gem",
+    "geometric_delay",
+    "gossip_init",
+    "gossip_step",
+    "metropolis_weights",
+    "pool_init",
+    "pool_step",
+    "ring_buffer_init",
+    "ring_buffer_push",
+    "ring_buffer_read",
+    "run_dasgd",
+    "run_gossip",
+    "run_pool",
+    "scale_by_arrival_rate",
+    "softsync_arrivals",
+    "staleness_aware_rate",
+    "topology",
+    "uniform_delay",
+    "with_server_momentum",
+]

@@ -1,0 +1,186 @@
+"""Stability of gradient descent with a constant delay on f = ½ a x².
+
+The recursion x_{k+1} = x_k − η a x_{k−τ} (PAPERS.md, "Useful facts") is stable iff
+0 < ηa < 2 sin(π / (2(2τ + 1))). Protocol (ours): for every τ = 0…τ_max we run the
+ring-buffer recursion (`algorithms.asynchrony.delayed_sgd`, constant delay) from x_0 = 1 and
+call a run unstable when the largest |x_k| over the last window of 4τ + 4 steps exceeds the
+largest over the same-length window ending at the midpoint (growth of the dominant root).
+Bisection on ηa gives the measured threshold, compared with the closed form. A grid of ηa
+values around the threshold shows log10 |x_K| (stable below the curve, divergent above).
+Time is counted in server updates k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from algorithms.asynchrony import constant_delay, delayed_sgd
+
+from .contract import claim_greater, claim_less
+from .plotting import figure
+
+NAME = "delay_stability"
+DESCRIPTION = (
+    "Constant-delay GD on ½ a x²: measured stability threshold of ηa vs 2 sin(π/(2(2τ+1)))"  # noqa: E501
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    tau_max: int = dataclasses.field(default=10, metadata={"help": "largest delay τ"})
+    num_steps: int = dataclasses.field(default=20000, metadata={"help": "steps per run K"})
+    bisection_iters: int = dataclasses.field(default=40, metadata={"help": "bisection steps"})
+    grid_points: int = dataclasses.field(default=121, metadata={"help": "ηa grid per τ"})
+    grid_steps: int = dataclasses.field(default=2000, metadata={"help": "steps per grid run"})
+    rel_tol: float = dataclasses.field(default=0.01, metadata={"help": "claimed max rel. error"})
+
+    def __post_init__(self):
+        if not isinstance(self.tau_max, int) or self.tau_max < 0:
+            raise ValueError(f"tau_max must be an integer >= 0, got {self.tau_max!r}")
+        if self.num_steps < 16 * (self.tau_max + 1):
+            raise ValueError(f"num_steps must be >= 16 (tau_max + 1), got {self.num_steps}")
+        if self.bisection_iters < 1 or self.grid_points < 2 or self.grid_steps < 1:
+            raise ValueError("bisection_iters, grid_points and grid_steps must be positive")
+
+
+QUICK = dict(num_steps=4000, bisection_iters=24, grid_points=41, grid_steps=800)
+
+
+def theory_threshold(tau):
+    """2 sin(π / (2(2τ + 1))), the upper end of the stable range of ηa."""
+    return 2.0 * np.sin(np.pi / (2.0 * (2.0 * np.asarray(tau, dtype=float) + 1.0)))
+
+
+def _trajectory_abs(eta_a, tau, tau_max, num_steps):
+    """|x_k| for k = 1…K of the delayed recursion on ½ x² with step ηa (a = 1)."""
+
+    def grad(x, key):
+        del key
+        return 0.5 * x * x, x
+
+    delay = constant_delay(0, tau_max)._replace(
+        probs=jax.nn.one_hot(tau, tau_max + 1, dtype=jnp.result_type(float))
+    )
+    run = delayed_sgd(
+        grad, jnp.ones(()), delay, eta_a, num_steps, jax.random.key(0), record=jnp.abs
+    )
+    return run.trajectory
+
+
+def _is_unstable(eta_a, tau, tau_max, num_steps):
+    traj = _trajectory_abs(eta_a, tau, tau_max, num_steps)
+    window = 4 * tau_max + 4
+    late = jnp.max(jax.lax.dynamic_slice(traj, (num_steps - window,), (window,)))
+    mid = jnp.max(jax.lax.dynamic_slice(traj, (num_steps // 2 - window,), (window,)))
+    return ~jnp.isfinite(late) | (late > mid)
+
+
+def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
+    del key  # deterministic
+    taus = np.arange(config.tau_max + 1)
+    theory = theory_threshold(taus)
+    unstable = jax.jit(jax.vmap(lambda e, t: _is_unstable(e, t, config.tau_max, config.num_steps)))
+    lo, hi = np.zeros_like(theory), np.full_like(theory, 2.5)
+    tau_arr = jnp.asarray(taus)
+    for _ in range(config.bisection_iters):
+        mid = 0.5 * (lo + hi)
+        bad = np.asarray(unstable(jnp.asarray(mid), tau_arr))
+        hi = np.where(bad, mid, hi)
+        lo = np.where(bad, lo, mid)
+    measured = 0.5 * (lo + hi)
+
+    rel = np.linspace(0.5, 1.5, config.grid_points)
+    grid = theory[:, None] * rel[None, :]
+
+    def final_log(eta_a, tau):
+        traj = _trajectory_abs(eta_a, tau, config.tau_max, config.grid_steps)
+        return jnp.log10(traj[-1])
+
+    final = jax.jit(jax.vmap(jax.vmap(final_log, in_axes=(0, None))))(jnp.asarray(grid), tau_arr)
+    examples = np.stack(
+        [
+            np.asarray(_trajectory_abs(f * theory[3 if config.tau_max >= 3 else -1],
+                                       min(3, config.tau_max), config.tau_max, 400))
+            for f in (0.95, 1.05)
+        ]
+    )  # fmt: skip
+    return {
+        "taus": taus,
+        "theory_threshold": theory,
+        "measured_threshold": measured,
+        "bisection_width": hi - lo,
+        "grid_relative": rel,
+        "grid_final_log10_abs": np.asarray(final),
+        "example_abs": examples,
+    }
+
+
+def metrics(results, config) -> dict[str, float]:
+    rel_err = np.abs(results["measured_threshold"] / results["theory_threshold"] - 1)
+    grid = results["grid_final_log10_abs"]
+    rel = results["grid_relative"]
+    # away from the threshold (±5 %): stable below (|x_K| < 1), unstable above (|x_K| > 1 or inf)
+    below, above = rel < 0.95, rel > 1.05
+    agree_below = np.mean(grid[:, below] < 0) if below.any() else np.nan
+    agree_above = np.mean(~(grid[:, above] < 0)) if above.any() else np.nan
+    return {
+        "threshold_rel_err_max": float(rel_err.max()),
+        "threshold_rel_err_mean": float(rel_err.mean()),
+        "grid_agreement": float(np.nanmin([agree_below, agree_above])),
+    }
+
+
+def claims(results, config):
+    m = metrics(results, config)
+    return [
+        claim_less(
+            "threshold_matches_closed_form",
+            "Measured stability threshold of ηa matches 2 sin(π/(2(2τ+1))) for every τ "
+            "(largest relative error)",
+            m["threshold_rel_err_max"],
+            config.rel_tol,
+        ),
+        claim_greater(
+            "stable_below_unstable_above",
+            "On a grid of ηa from 0.5x to 1.5x the threshold (excluding ±5 %), runs below decay "
+            "and runs above grow (fraction classified as the closed form predicts)",
+            m["grid_agreement"],
+            0.999,
+        ),
+    ]
+
+
+def plot(results, config):
+    figs = {}
+    fig, (ax1, ax2, ax3) = figure(3)
+    taus = results["taus"]
+    fine = np.linspace(0, taus.max(), 200)
+    ax1.plot(fine, theory_threshold(fine), "k-", label="2 sin(π/(2(2τ+1)))")
+    ax1.plot(taus, results["measured_threshold"], "o", mfc="none", label="measured (bisection)")
+    ax1.set(xlabel="delay τ (server updates)", ylabel="stability threshold of ηa",
+            yscale="log", title="Stability threshold")  # fmt: skip
+    ax1.legend(fontsize=8)
+
+    grid = np.where(np.isfinite(results["grid_final_log10_abs"]),
+                    results["grid_final_log10_abs"], 30.0)  # fmt: skip
+    mesh = ax2.pcolormesh(
+        results["grid_relative"], taus, np.clip(grid, -10, 10), cmap="RdBu_r", vmin=-10,
+        vmax=10, shading="nearest",
+    )  # fmt: skip
+    ax2.axvline(1.0, color="k", ls="--", label="closed-form threshold")
+    fig.colorbar(mesh, ax=ax2, label=f"log10 |x_K|, K={config.grid_steps} (clipped ±10)")
+    ax2.set(xlabel="ηa / threshold(τ)", ylabel="delay τ", title="Final |x| around the threshold")
+    ax2.legend(fontsize=8, loc="upper left")
+
+    tau_ex = min(3, config.tau_max)
+    for f, traj in zip((0.95, 1.05), results["example_abs"]):
+        ax3.semilogy(np.arange(1, traj.size + 1), traj, label=f"ηa = {f:g} × threshold")
+    ax3.set(xlabel="server update k", ylabel="|x_k|", title=f"Trajectories, τ = {tau_ex}")
+    ax3.legend(fontsize=8)
+    fig.suptitle("x_{k+1} = x_k − ηa x_{k−τ}, x_0 = 1 (ring-buffer recursion)", fontsize=9)
+    figs["delay_stability"] = fig
+    return figs

@@ -1,0 +1,95 @@
+"""The results store: one directory per experiment with config, metrics, arrays, figures.
+
+`DIR/NAME/config.json`, `metrics.json`, `results.npz`, `*.png` and `*.pdf`. Files are
+written atomically (temporary file, then rename), and `metrics.json` is written last, so its
+presence marks a finished run. A finished run with the same config and seed is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from .config import config_to_json
+from .contract import Claim
+
+__all__ = ["atomic_write", "run_experiment", "load_metrics"]
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write `path` through `write(file_obj)` on a temporary file, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=False).encode()))
+
+
+def load_metrics(directory: Path) -> dict | None:
+    path = Path(directory) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _to_float(value) -> float | str:
+    v = float(np.asarray(value))
+    return v if np.isfinite(v) else str(v)
+
+
+def run_experiment(module, config, *, seed: int, quick: bool, out: Path, force: bool = False):
+    """Run `module` with `config` and `seed` into `out/NAME`, or reuse a finished run.
+
+    Returns `(metrics, reused)`.
+    """
+    directory = Path(out) / module.NAME
+    stamp = {"experiment": module.NAME, "quick": quick, "seed": seed, "config": config_to_json(config)}
+    old = directory / "config.json"
+    if not force and old.exists() and json.loads(old.read_text()) == stamp:
+        metrics = load_metrics(directory)
+        if metrics is not None:
+            return metrics, True
+    directory.mkdir(parents=True, exist_ok=True)
+    # A stale metrics.json must not vouch for a run with another config.
+    if (directory / "metrics.json").exists():
+        (directory / "metrics.json").unlink()
+    _write_json(old, stamp)
+
+    start = time.perf_counter()
+    results = module.run(config, jax.random.key(seed))
+    results = {k: np.asarray(v) for k, v in results.items()}
+    wall = time.perf_counter() - start
+
+    atomic_write(directory / "results.npz", lambda fh: np.savez_compressed(fh, **results))
+    figures = module.plot(results, config)
+    for name, fig in figures.items():
+        for ext in ("png", "pdf"):
+            atomic_write(
+                directory / f"{name}.{ext}",
+                lambda fh, fig=fig, ext=ext: fig.savefig(fh, format=ext, dpi=120, bbox_inches="tight"),
+            )
+    claims: list[Claim] = module.claims(results, config)
+    metrics = {
+        "experiment": module.NAME,
+        "quick": quick,
+        "seed": seed,
+        "wall_seconds": wall,
+        "claims": [c.to_json() for c in claims],
+        **{k: _to_float(v) for k, v in module.metrics(results, config).items()},
+        "figures": sorted(figures),
+    }
+    _write_json(directory / "metrics.json", metrics)
+    return metrics, False

@@ -1,0 +1,529 @@
+"""Tests of the asynchrony package: delays, the worker pool, server rules, DASGD and gossip."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+
+from algorithms import asynchrony as asy
+
+A_DIAG = np.array([1.0, 0.5, 2.0])
+
+
+def quadratic_grad(x, key):
+    """Deterministic ∇(½ xᵀ diag(A) x)."""
+    del key
+    a = jnp.asarray(A_DIAG)
+    return 0.5 * jnp.sum(a * x * x), a * x
+
+
+def numpy_delayed_gd(x0, eta, tau, steps):
+    """Reference loop: x_{k+1} = x_k − η A x_{k−τ}, with x_{j} = x_0 for j < 0."""
+    xs = [np.array(x0, dtype=float)]
+    for k in range(steps):
+        stale = xs[max(k - tau, 0)]
+        xs.append(xs[-1] - eta * (A_DIAG * stale))
+    return np.stack(xs[1:])
+
+
+# ----------------------------------------------------------------------------- delays
+
+
+@pytest.mark.parametrize("tau", [0, 1, 3, 7])
+def test_delayed_sgd_constant_delay_matches_numpy_loop(tau, getkey):
+    x0 = jnp.array([1.0, -2.0, 0.5])
+    run = jax.jit(
+        lambda k: asy.delayed_sgd(
+            quadratic_grad, x0, asy.constant_delay(tau), 0.1, 40, k, record=lambda x: x
+        )
+    )(getkey())
+    ref = numpy_delayed_gd(np.asarray(x0), 0.1, tau, 40)
+    np.testing.assert_allclose(np.asarray(run.trajectory), ref, rtol=1e-12, atol=1e-14)
+    assert np.all(np.asarray(run.staleness) == tau)
+
+
+def test_delayed_sgd_mean_mode_is_probability_weighted_sum(getkey):
+    probs = np.array([0.5, 0.0, 0.3, 0.2])
+    x0 = np.array([1.0, -2.0, 0.5])
+    run = asy.delayed_sgd(
+        quadratic_grad,
+        jnp.asarray(x0),
+        asy.categorical_delay(probs),
+        0.05,
+        25,
+        getkey(),
+        mode="mean",
+        record=lambda x: x,
+    )
+    xs = [x0]
+    for k in range(25):
+        g = sum(p * A_DIAG * xs[max(k - t, 0)] for t, p in enumerate(probs))
+        xs.append(xs[-1] - 0.05 * g)
+    np.testing.assert_allclose(np.asarray(run.trajectory), np.stack(xs[1:]), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [asy.uniform_delay(4), asy.geometric_delay(0.3, 6), asy.categorical_delay([1, 0, 3])],
+)
+def test_delay_model_sampling_frequencies_match_probs(model, getkey):
+    taus = np.asarray(model.sample(getkey(), (40_000,)))
+    freq = np.bincount(taus, minlength=model.tau_max + 1) / taus.size
+    np.testing.assert_allclose(freq, np.asarray(model.probs), atol=0.01)
+    assert taus.max() <= model.tau_max
+
+
+def test_geometric_delay_probabilities_by_hand():
+    probs = np.asarray(asy.geometric_delay(0.5, 2).probs)
+    np.testing.assert_allclose(probs, np.array([0.5, 0.25, 0.125]) / 0.875, rtol=1e-12)
+
+
+def test_ring_buffer_reads_past_iterates():
+    buf = asy.ring_buffer_init(jnp.array(0.0), 3)
+    for k in range(1, 6):
+        buf = asy.ring_buffer_push(buf, jnp.array(float(k)))
+    assert [float(asy.ring_buffer_read(buf, t)) for t in range(4)] == [5.0, 4.0, 3.0, 2.0]
+
+
+def _final_abs(eta_a, tau, steps=3000):
+    def grad(x, key):
+        del key
+        return 0.5 * eta_a * x * x, eta_a * x
+
+    run = asy.delayed_sgd(grad, jnp.array(1.0), asy.constant_delay(tau), 1.0, steps, jr.key(0))
+    return float(jnp.abs(run.params))
+
+
+@pytest.mark.parametrize("tau", [0, 1, 2, 5, 10])
+def test_constant_delay_stability_threshold_both_sides(tau):
+    threshold = 2 * math.sin(math.pi / (2 * (2 * tau + 1)))
+    assert _final_abs(0.95 * threshold, tau) < 1e-3
+    assert _final_abs(1.05 * threshold, tau) > 1e3
+
+
+def test_divergence_step_finds_first_bad_index():
+    v = jnp.array([[1.0, 2.0, jnp.nan, 3.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1e9, 1.0, 1.0]])
+    np.testing.assert_array_equal(np.asarray(asy.divergence_step(v)), [2, 4, 1])
+
+
+# ----------------------------------------------------------------------------- pool
+
+
+@pytest.mark.parametrize("num_workers", [1, 2, 4, 7])
+def test_round_robin_pool_reproduces_constant_delay_recursion(num_workers, getkey):
+    x0 = jnp.array([1.0, -2.0, 0.5])
+    times = asy.compute_time("constant", num_workers)
+    state, trace = asy.run_pool(
+        quadratic_grad,
+        asy.constant_rate(0.1),
+        x0,
+        getkey(),
+        times=times,
+        num_arrivals=1,
+        num_updates=50,
+        record=lambda s: s.params,
+    )
+    ref = numpy_delayed_gd(np.asarray(x0), 0.1, num_workers - 1, 50)
+    np.testing.assert_allclose(np.asarray(trace.record), ref, rtol=1e-13, atol=1e-15)
+    # exactly (bitwise) the ring-buffer recursion with τ = W − 1
+    ring = asy.delayed_sgd(
+        quadratic_grad,
+        x0,
+        asy.constant_delay(num_workers - 1),
+        0.1,
+        50,
+        getkey(),
+        record=lambda x: x,
+    )
+    np.testing.assert_array_equal(np.asarray(trace.record), np.asarray(ring.trajectory))
+    # round robin: worker k mod W arrives at update k with staleness min(k, W − 1)
+    k = np.arange(50)
+    np.testing.assert_array_equal(np.asarray(trace.arrivals.worker[:, 0]), k % num_workers)
+    np.testing.assert_array_equal(
+        np.asarray(trace.arrivals.staleness[:, 0]), np.minimum(k, num_workers - 1)
+    )
+
+
+def _staleness(num_workers, n, kind, key, updates=3000):
+    c = asy.softsync_arrivals(num_workers, n)
+    _, trace = jax.jit(
+        lambda k: asy.run_pool(
+            quadratic_grad,
+            asy.constant_rate(1e-3),
+            jnp.zeros(3),
+            k,
+            times=asy.compute_time(kind, num_workers),
+            num_arrivals=c,
+            num_updates=updates,
+        )
+    )(key)
+    return trace
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 30])
+def test_softsync_staleness_statistics(n, getkey):
+    """c = ⌊W/n⌋ arrivals per update, distinct workers; ⟨τ⟩ = W/c − 1 = n − 1 (Little's law in
+    our pull-after-update convention; Zhang et al. count one more). Exponential compute times
+    make τ geometric, Var τ = n(n − 1); constant times make τ = n − 1 exactly."""
+    trace = _staleness(30, n, "exponential", getkey())
+    tau = np.asarray(trace.arrivals.staleness)[200:]
+    assert tau.shape[1] == 30 // n
+    workers = np.asarray(trace.arrivals.worker)
+    assert all(len(set(row)) == row.size for row in workers)
+    if n == 1:
+        assert np.all(tau == 0)  # hardsync
+    else:
+        assert abs(tau.mean() - (n - 1)) < 0.02 * n
+        assert abs(tau.var() / (n * (n - 1)) - 1) < 0.15
+    tau_const = np.asarray(_staleness(30, n, "constant", getkey(), 300).arrivals.staleness)
+    assert np.all(tau_const[60:] == n - 1)
+
+
+def test_downpour_lognormal_and_speeds_mean_staleness_is_w_minus_one(getkey):
+    trace = _staleness(8, 8, "lognormal", getkey())
+    tau = np.asarray(trace.arrivals.staleness)[200:]
+    assert abs(tau.mean() - 7.0) < 0.3
+    times = asy.compute_time("exponential", 4, speeds=[1.0, 1.0, 1.0, 4.0])
+    _, tr = asy.run_pool(
+        quadratic_grad,
+        asy.constant_rate(1e-3),
+        jnp.zeros(3),
+        getkey(),
+        times=times,
+        num_arrivals=1,
+        num_updates=4000,
+    )
+    counts = np.bincount(np.asarray(tr.arrivals.worker[:, 0]), minlength=4)
+    # the fast worker (speed 4) arrives ~4x as often as each slow one
+    np.testing.assert_allclose(counts[3] / counts[:3].mean(), 4.0, rtol=0.15)
+
+
+def test_pool_computes_only_c_gradients_per_update(getkey):
+    """A host callback inside the gradient sees the batch it is evaluated on: c rows, not W."""
+    batch_shapes = []
+
+    def host_grad(x):
+        x = np.asarray(x)
+        batch_shapes.append(x.shape)
+        return A_DIAG[None, :] * x
+
+    def grad_fn(x, key):
+        del key
+        g = jax.pure_callback(
+            host_grad, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="broadcast_all"
+        )
+        return jnp.sum(x), g
+
+    asy.run_pool(
+        grad_fn,
+        asy.constant_rate(0.1),
+        jnp.ones(3),
+        getkey(),
+        times=asy.compute_time("exponential", 12),
+        num_arrivals=3,
+        num_updates=5,
+    )
+    assert batch_shapes == [(3, 3)] * 5
+
+
+def test_pool_run_is_deterministic_for_a_fixed_seed(getkey):
+    def noisy_grad(x, key):
+        g = jnp.asarray(A_DIAG) * x + 0.1 * jr.normal(key, x.shape)
+        return jnp.sum(x * x), g
+
+    def go(key):
+        return asy.run_pool(
+            noisy_grad,
+            asy.with_server_momentum(asy.staleness_aware_rate(0.05), 0.9),
+            jnp.ones(3),
+            key,
+            times=asy.compute_time("lognormal", 6),
+            num_arrivals=2,
+            num_updates=100,
+        )
+
+    key = getkey()
+    (s1, t1), (s2, t2), (s3, _) = go(key), go(key), go(getkey())
+    np.testing.assert_array_equal(np.asarray(s1.params), np.asarray(s2.params))
+    np.testing.assert_array_equal(
+        np.asarray(t1.arrivals.staleness), np.asarray(t2.arrivals.staleness)
+    )
+    assert not np.array_equal(np.asarray(s1.params), np.asarray(s3.params))
+
+
+# ----------------------------------------------------------------------------- server rules
+
+
+def _extras(tau, snap, worker):
+    return dict(staleness=jnp.asarray(tau), snapshot=jnp.asarray(snap), worker=jnp.asarray(worker))
+
+
+def test_staleness_aware_and_adaptive_rates_by_hand():
+    g = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    theta = jnp.zeros(2)
+    ex = _extras([0, 2, 4], jnp.zeros((3, 2)), [0, 1, 2])
+    rule = asy.staleness_aware_rate(0.6)
+    step, _ = rule.update(g, rule.init(theta), theta, **ex)
+    expected = -(0.6 * g[0] + 0.3 * g[1] + 0.15 * g[2]) / 3
+    np.testing.assert_allclose(np.asarray(step), np.asarray(expected), rtol=1e-12)
+    rule = asy.adaptive_staleness_rate(0.6)
+    step, _ = rule.update(g, rule.init(theta), theta, **ex)
+    expected = -(0.6 * g[0] + 0.2 * g[1] + 0.12 * g[2]) / 3
+    np.testing.assert_allclose(np.asarray(step), np.asarray(expected), rtol=1e-12)
+    assert asy.delay_scaled_learning_rate(0.6, 2) == pytest.approx(0.2)
+
+
+def test_server_momentum_traces_the_aggregated_step():
+    rule = asy.with_server_momentum(asy.constant_rate(0.1), 0.9)
+    theta = jnp.zeros(2)
+    state = rule.init(theta)
+    g1, g2 = jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 2.0]])
+    ex = _extras([0], jnp.zeros((1, 2)), [0])
+    s1, state = rule.update(g1, state, theta, **ex)
+    s2, state = rule.update(g2, state, theta, **ex)
+    np.testing.assert_allclose(np.asarray(s2), 0.9 * np.array([-0.1, 0.0]) + [0.0, -0.2])
+
+
+@pytest.mark.parametrize("clamp", [None, (0.0, 5.0)])
+def test_gem_formula_by_hand(clamp):
+    eta, mu, kappa, eps = 0.1, 0.9, 1.5, 1e-16
+    rule = asy.gem(eta, 3, momentum=mu, kappa=kappa, eps=eps, clamp=clamp)
+    theta = jnp.array([1.0, -1.0, 0.5])
+    state = rule.init(theta)
+    m_prev = np.array([[0.0, 0.0, 0.0], [0.3, -0.2, 0.05], [1.0, 1.0, 1.0]])
+    state = state._replace(velocity=jnp.asarray(m_prev))
+    g = np.array([[2.0, -1.0, 4.0], [-1.0, 0.5, 0.1]])
+    snaps = np.array([[0.9, -1.0, 0.0], [1.2, -0.7, 0.5]])
+    workers = [2, 1]
+    step, new_state = rule.update(jnp.asarray(g), state, theta, **_extras([1, 3], snaps, workers))
+    # hand computation, element by element, arrival by arrival
+    expected = np.zeros(3)
+    m_new = m_prev.copy()
+    pis = []
+    for arrival, w in enumerate(workers):
+        for i in range(3):
+            delta = -eta * g[arrival, i]
+            m = mu * m_prev[w, i] + delta
+            pi = (kappa * abs(m) - abs(float(theta[i]) - snaps[arrival, i])) / (abs(delta) + eps)
+            if clamp is not None:
+                pi = min(max(pi, clamp[0]), clamp[1])
+            pis.append(pi)
+            m_new[w, i] = m
+            expected[i] += pi * delta / 2
+    np.testing.assert_allclose(np.asarray(step), expected, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(new_state.velocity), m_new, rtol=1e-12)
+    assert float(new_state.pi_median) == pytest.approx(float(np.median(pis)))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_dc_asgd_formula_by_hand(adaptive):
+    eta, lam, decay, eps = 0.1, 0.04, 0.95, 1e-7
+    rule = asy.dc_asgd(eta, lam, adaptive=adaptive, decay=decay, eps=eps)
+    theta = jnp.array([1.0, -2.0])
+    g = np.array([[3.0, -1.0], [0.5, 2.0]])
+    snaps = np.array([[0.0, -1.0], [2.0, -2.5]])
+    state = rule.init(theta)
+    step, new_state = rule.update(jnp.asarray(g), state, theta, **_extras([1, 2], snaps, [0, 1]))
+    th = np.asarray(theta)
+    if adaptive:
+        ms = (1 - decay) * np.mean(g * g, axis=0)
+        lam_t = lam / np.sqrt(ms + eps)
+        np.testing.assert_allclose(np.asarray(new_state.mean_square), ms, rtol=1e-12)
+    else:
+        lam_t = np.full(2, lam)
+    expected = -eta * np.mean(g + lam_t * g * g * (th - snaps), axis=0)
+    np.testing.assert_allclose(np.asarray(step), expected, rtol=1e-12)
+
+
+def test_gem_in_pool_sees_current_params_and_its_own_snapshot(getkey):
+    """Fake rule recording which copy it is given: θ (central) vs s (the arrival's snapshot)."""
+    seen = []
+
+    def init(params):
+        return jnp.zeros(())
+
+    def update(updates, state, params=None, *, staleness, snapshot, worker):
+        seen.append(None)
+        # with a round-robin pool of 2 workers, after the first update the arriving worker's
+        # snapshot is the θ of one update before: θ − s = the last step, never 0 after k = 1
+        step = -0.1 * jnp.mean(updates, axis=0)
+        return step, state + jnp.sum(jnp.abs(params - snapshot[0]))
+
+    rule = optax.GradientTransformationExtraArgs(init, update)
+    state, trace = asy.run_pool(
+        quadratic_grad,
+        rule,
+        jnp.array([1.0, 1.0, 1.0]),
+        getkey(),
+        times=asy.compute_time("constant", 2),
+        num_arrivals=1,
+        num_updates=3,
+        record=lambda s: s.opt_state,
+    )
+    rec = np.asarray(trace.record)
+    # update 0: worker 0 at θ_0 (diff 0); update 1: worker 1 holds θ_0, θ = θ_1 (diff > 0)
+    assert rec[0] == 0.0 and rec[1] > 0.0
+    d = np.asarray(quadratic_grad(jnp.ones(3), None)[1]) * 0.1
+    assert rec[1] == pytest.approx(np.abs(d).sum())
+
+
+# ----------------------------------------------------------------------------- decentralized
+
+
+def noisy_quadratic(x, key):
+    g = jnp.asarray(A_DIAG) * x + 0.3 * jr.normal(key, x.shape)
+    return 0.5 * jnp.sum(jnp.asarray(A_DIAG) * x * x), g
+
+
+def test_dasgd_applies_every_gradient_exactly_once(getkey):
+    k, steps, delay = 5, 40, asy.uniform_delay(4)
+    state, trace = asy.run_dasgd(
+        noisy_quadratic,
+        jnp.ones(3),
+        getkey(),
+        num_replicas=k,
+        delay=delay,
+        learning_rate=0.05,
+        num_steps=steps,
+        drain=True,
+    )
+    np.testing.assert_array_equal(np.asarray(state.applied), np.full(k, k * steps))
+    # after the drain every replica has applied the same set of gradients ⇒ equal replicas
+    p = np.asarray(state.params)
+    np.testing.assert_allclose(p, np.broadcast_to(p[0], p.shape), rtol=1e-12, atol=1e-12)
+    s = np.asarray(trace.staleness_mean)
+    assert s[:steps].mean() > 0 and s[-1] == 0
+    assert np.all(np.asarray(jax.tree.leaves(state.inbox)[0]) == 0)
+
+
+def test_dasgd_without_delay_is_allreduce_sgd(getkey):
+    k, eta, steps = 4, 0.2, 30
+    key = getkey()
+    state, trace = asy.run_dasgd(
+        noisy_quadratic,
+        jnp.ones(3),
+        key,
+        num_replicas=k,
+        delay=asy.constant_delay(0),
+        learning_rate=eta / k,
+        num_steps=steps,
+        record=lambda s: s.params,
+    )
+    # reference: x ← x − η mean_r g(x; ξ_r) with the same keys
+    x = jnp.ones(3)
+    for i in range(steps):
+        kg = jr.split(jr.split(jr.fold_in(key, i))[0], k)
+        g = jnp.mean(jax.vmap(lambda kk: noisy_quadratic(x, kk)[1])(kg), axis=0)
+        x = x - eta * g
+    p = np.asarray(state.params)
+    np.testing.assert_allclose(p, np.broadcast_to(np.asarray(x), p.shape), rtol=1e-10)
+    assert float(jnp.max(trace.staleness_max)) == 0
+
+
+@pytest.mark.parametrize("name", asy.TOPOLOGIES)
+def test_topologies_give_doubly_stochastic_connected_mixing(name):
+    adj = asy.topology(name, 16)
+    w = asy.metropolis_weights(adj)
+    np.testing.assert_allclose(w.sum(axis=0), 1.0)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    eig = np.sort(np.abs(np.linalg.eigvalsh(w)))
+    assert eig[-2] < 1 - 1e-9  # connected: spectral gap
+    degree = {"ring": 2, "torus": 4, "exponential": 7, "complete": 15}[name]
+    assert np.all(adj.sum(axis=1) == degree)
+
+
+def test_gossip_preserves_mean_and_reaches_consensus_without_gradients(getkey):
+    def zero_grad(x, key):
+        del key
+        return jnp.zeros(()), jnp.zeros_like(x)
+
+    k = 8
+    w = asy.metropolis_weights(asy.topology("ring", k))
+    x0 = jr.normal(getkey(), (k, 2))
+    state = asy.gossip_init(jnp.zeros(2), k, asy.constant_delay(0))
+    state = state._replace(params=x0, history=x0[None])
+    step = jax.jit(
+        lambda s, key: asy.gossip_step(
+            s,
+            key,
+            grad_fn=zero_grad,
+            mixing=jnp.asarray(w),
+            delay=asy.constant_delay(0),
+            learning_rate=0.1,
+        )[0]
+    )
+    key = getkey()
+    for i in range(300):
+        state = step(state, jr.fold_in(key, i))
+    p = np.asarray(state.params)
+    np.testing.assert_allclose(p.mean(axis=0), np.asarray(x0).mean(axis=0), atol=1e-12)
+    assert np.abs(p - p.mean(axis=0)).max() < 1e-6
+
+
+def test_gossip_delayed_views_record_mean_delay(getkey):
+    w = asy.metropolis_weights(asy.topology("complete", 4))
+    _, trace = asy.run_gossip(
+        noisy_quadratic,
+        jnp.ones(3),
+        getkey(),
+        mixing=w,
+        delay=asy.constant_delay(3),
+        learning_rate=0.05,
+        num_steps=20,
+    )
+    np.testing.assert_array_equal(np.asarray(trace.view_delay), 3.0)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: asy.softsync_arrivals(4, 5), "n must be"),
+        (lambda: asy.softsync_arrivals(4, 0), "n must be"),
+        (lambda: asy.uniform_delay(-1), "tau_max"),
+        (lambda: asy.constant_delay(3, tau_max=2), "tau must be <= tau_max"),
+        (lambda: asy.geometric_delay(0.0, 3), "p must be"),
+        (lambda: asy.categorical_delay([0.0, 0.0]), "probs"),
+        (lambda: asy.compute_time("gamma", 3), "kind"),
+        (lambda: asy.compute_time("constant", 3, speeds=[1.0, 0.0, 1.0]), "speeds"),
+        (lambda: asy.gem(0.1, 0), "num_workers"),
+        (lambda: asy.gem(0.1, 3, clamp=(5.0, 0.0)), "clamp"),
+        (lambda: asy.dc_asgd(-0.1), "learning_rate"),
+        (lambda: asy.staleness_aware_rate(0.0), "learning_rate"),
+        (lambda: asy.delay_scaled_learning_rate(0.1, -2), "tau_max"),
+        (lambda: asy.topology("star", 4), "topology"),
+        (
+            lambda: asy.run_pool(
+                quadratic_grad,
+                asy.constant_rate(0.1),
+                jnp.zeros(3),
+                jr.key(0),
+                times=asy.compute_time("constant", 3),
+                num_arrivals=4,
+                num_updates=2,
+            ),
+            "num_arrivals",
+        ),
+        (
+            lambda: asy.run_dasgd(
+                quadratic_grad,
+                jnp.zeros(3),
+                jr.key(0),
+                num_replicas=0,
+                delay=asy.constant_delay(0),
+                learning_rate=0.1,
+                num_steps=2,
+            ),
+            "num_replicas",
+        ),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
