@@ -126,7 +126,9 @@ def heavy_ball(damping: float, step_size: float) -> optax.GradientTransformation
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def euler_optimizer(system: CoupledSystem, step_size: float) -> optax.GradientTransformationExtraArgs:
+def euler_optimizer(
+    system: CoupledSystem, step_size: float
+) -> optax.GradientTransformationExtraArgs:
     """The discrete form of `system`: one Euler step of size h (time units) per update.
 
     With gradients `g = ∇f(x) + ξ` from `algorithms.oracles.sde_matched_oracle(system, h)`

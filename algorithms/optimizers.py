@@ -53,7 +53,9 @@ def quorum_sgd(
     center_learning_rate: float = 0.0,
     aux_gradient_fn: Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Quorum-sensing SGD: `x_i ← x_i − η(g_i − k(z − x_i))`, `z ← z + η(k_z Σ(x_i − z) − η_z ∇f(z))`.
+    """Quorum-sensing SGD, the Euler step h = η of the quorum model (PAPERS.md §1).
+
+    `x_i ← x_i − η(g_i − k(z − x_i))`, `z ← z + η(k_z Σ_i (x_i − z) − η_z ∇f(z))`.
 
     Args:
         learning_rate: η > 0 (the step h of the continuous model with unit gradient weight).

@@ -108,7 +108,9 @@ def _run(optimizer, params, oracle, num_steps, key, record_every, metrics_fn, th
         opt_state = optimizer.init(params)
 
         def healthy(p, losses):
-            small = jnp.all(jnp.stack([jnp.all(jnp.abs(x) < threshold) for x in jax.tree.leaves(p)]))
+            small = jnp.all(
+                jnp.stack([jnp.all(jnp.abs(x) < threshold) for x in jax.tree.leaves(p)])
+            )
             return tree_all_finite(p) & jnp.all(jnp.isfinite(losses)) & small
 
         def step(carry, k):

@@ -164,7 +164,9 @@ class TiltedMultiWell(AbstractLandscape):
         return jnp.sum(self._f1d(x))
 
     def grad(self, x):
-        return 2 * self.quadratic * x + self.amplitude * math.pi * jnp.sin(2 * math.pi * x) + self.tilt
+        return (
+            2 * self.quadratic * x + self.amplitude * math.pi * jnp.sin(2 * math.pi * x) + self.tilt
+        )
 
     def _star_1d(self) -> float:
         grid = np.linspace(-20, 20, 400001)
@@ -239,7 +241,9 @@ class LogCoshQuadratic(AbstractLandscape):
     center: Array
     dim: int = eqx.field(static=True)
 
-    def __init__(self, dim: int = 1, strong_convexity: float = 0.1, center: ArrayLike | None = None):
+    def __init__(
+        self, dim: int = 1, strong_convexity: float = 0.1, center: ArrayLike | None = None
+    ):
         self.dim = _check_dim(dim)
         if strong_convexity <= 0:
             raise ValueError(f"strong_convexity must be > 0, got {strong_convexity}")
@@ -253,7 +257,9 @@ class LogCoshQuadratic(AbstractLandscape):
         r = x - self.center
         # log cosh(r) = |r| + log1p(exp(-2|r|)) - log 2, stable for large |r|.
         a = jnp.abs(r)
-        return jnp.sum(a + jnp.log1p(jnp.exp(-2 * a)) - math.log(2) + 0.5 * self.strong_convexity * r**2)
+        return jnp.sum(
+            a + jnp.log1p(jnp.exp(-2 * a)) - math.log(2) + 0.5 * self.strong_convexity * r**2
+        )
 
     def grad(self, x):
         r = x - self.center

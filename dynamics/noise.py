@@ -103,10 +103,14 @@ class CovarianceNoise(AbstractNoise):
     def __init__(self, covariance: ArrayLike):
         c = np.asarray(covariance, dtype=float)
         if c.ndim != 2 or c.shape[0] != c.shape[1] or not np.allclose(c, c.T):
-            raise ValueError(f"covariance must be a symmetric (dim, dim) matrix, got shape {c.shape}")
+            raise ValueError(
+                f"covariance must be a symmetric (dim, dim) matrix, got shape {c.shape}"
+            )
         w, v = np.linalg.eigh(c)
         if w.min() < -1e-12 * max(1.0, w.max()):
-            raise ValueError(f"covariance must be positive semi-definite (min eigenvalue {w.min()})")
+            raise ValueError(
+                f"covariance must be positive semi-definite (min eigenvalue {w.min()})"
+            )
         # A symmetric square root also covers singular (PSD, not PD) covariances.
         self.factor = jnp.asarray((v * np.sqrt(np.clip(w, 0, None))) @ v.T)
 

@@ -13,7 +13,7 @@ import lineax as lx
 import numpy as np
 
 from .brownian import StepBrownianPath
-from .system import AgentState, CoupledSystem
+from .system import CoupledSystem
 
 __all__ = ["Solution", "solve", "solve_runs", "terms"]
 
@@ -145,7 +145,9 @@ def _levy_area(solver):
 
 
 @eqx.filter_jit
-def _solve(system, state0, key, t0, t1, dt, solver, save, brownian, adaptive, rtol, atol, max_steps):
+def _solve(
+    system, state0, key, t0, t1, dt, solver, save, brownian, adaptive, rtol, atol, max_steps
+):
     levy = _levy_area(solver)
     shape = state0.x.shape
     if isinstance(brownian, diffrax.AbstractBrownianPath):

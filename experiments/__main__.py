@@ -34,7 +34,9 @@ def _run_one(module, args) -> bool:
     state = "reused" if reused else f"{metrics['wall_seconds']:.1f} s"
     print(f"{module.NAME}: {state}; claims {'all hold' if ok else 'NOT ALL HOLD'}")
     for c in metrics["claims"]:
-        print(f"  [{'ok' if c['holds'] else 'FAIL'}] {c['id']}: {c['value']} (target {c['target']})")
+        print(
+            f"  [{'ok' if c['holds'] else 'FAIL'}] {c['id']}: {c['value']} (target {c['target']})"
+        )
     return ok
 
 
@@ -46,16 +48,16 @@ def main(argv=None) -> int:
     common.add_argument("--quick", action="store_true", help="quick mode (minutes on a laptop)")
     common.add_argument("--out", default="results", help="results directory (default results/)")
     common.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
-    common.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    common.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config field"
+    )
     common.add_argument("--force", action="store_true", help="rerun even if a finished run exists")
     run = sub.add_parser("run", parents=[common], help="run one experiment")
     run.add_argument("name")
     sub.add_parser("all", parents=[common], help="run every experiment, then the report")
     rep = sub.add_parser("report", help="write report.html and report.md")
     rep.add_argument("--out", default="results")
-    run.add_argument(
-        "--show-config", action="store_true", help="list the config fields and exit"
-    )
+    run.add_argument("--show-config", action="store_true", help="list the config fields and exit")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":

@@ -72,7 +72,9 @@ def apply_overrides(config, overrides: dict[str, Any]):
         head, _, rest = key.partition(".")
         if head not in types_:
             allowed = ", ".join(sorted(types_))
-            raise ConfigError(f"unknown config key {key!r} for {type(config).__name__}; allowed: {allowed}")
+            raise ConfigError(
+                f"unknown config key {key!r} for {type(config).__name__}; allowed: {allowed}"
+            )
         if rest:
             if not dataclasses.is_dataclass(getattr(config, head)):
                 raise ConfigError(f"{head} is not a nested config; cannot set {key!r}")

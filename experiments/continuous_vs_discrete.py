@@ -3,10 +3,10 @@
 Protocol (ours): the tilted multi-well `f(x) = q x² + A sin²(πx) + t x` (PAPERS.md §1), N
 agents with quorum coupling (g = 0), additive noise σ.
 
-1. Pathwise (in float64): the Euler–Maruyama solution with step h (`dynamics.solve`, `StepBrownianPath`)
-   and the discrete optimizer (`algorithms.euler_optimizer`, Gaussian gradient noise from the
-   same key) are run from the same start; their trajectories are overlaid and their largest
-   absolute difference is `pathwise_max_abs_diff` (rounding only).
+1. Pathwise (in float64): the Euler–Maruyama solution with step h (`dynamics.solve` with a
+   `StepBrownianPath`) and the discrete optimizer (`algorithms.euler_optimizer`, Gaussian
+   gradient noise from the same key) are run from the same start; their trajectories are
+   overlaid and their largest absolute difference is `pathwise_max_abs_diff` (rounding only).
 2. Weak error: for several h, E φ(X^h_T) of the optimizer, φ(x) = (1/N) Σ_i x_i², against a
    fine-step Heun solution of the SDE. Both are driven by one `VirtualBrownianTree` per
    sample (the optimizer's gradient noise is that path's increments on its step grid), so the
@@ -200,7 +200,14 @@ def plot(results, config):
     ts, sde, opt = results["path_ts"], results["path_sde"], results["path_optax"]
     every = max(1, len(ts) // 60)
     for i in range(sde.shape[1]):
-        ax1.plot(ts, sde[:, i], "-", lw=0.8, color=f"C{i % 10}", label="SDE (Euler–Maruyama)" if i == 0 else None)
+        ax1.plot(
+            ts,
+            sde[:, i],
+            "-",
+            lw=0.8,
+            color=f"C{i % 10}",
+            label="SDE (Euler–Maruyama)" if i == 0 else None,
+        )
         ax1.plot(ts[::every], opt[::every, i], "o", ms=2.5, mfc="none", color=f"C{i % 10}",
                  label="Optax optimizer" if i == 0 else None)  # fmt: skip
     ax1.plot(ts, results["path_sde_center"], "k-", lw=2, label="quorum variable z")
@@ -215,8 +222,12 @@ def plot(results, config):
     ax2.plot(hs, fit, "-", label=f"fit: slope {slope:.2f}")
     ax2.plot(hs, err[0] * hs / hs[0], "k:", label="order 1")
     ax2.set(xscale="log", yscale="log", xlabel="step size h (time)", ylabel="weak error",
-            title=f"Weak error at T={config.weak_time:g}, φ = mean x_i², {config.samples} samples")  # fmt: skip
+            title=f"Weak error at T={config.weak_time:g}, φ = mean x_i², "
+            f"{config.samples} samples")  # fmt: skip
     ax2.legend(fontsize=8)
-    fig.suptitle(f"Quorum SGD on the tilted multi-well, N={config.agents}, σ={config.sigma:g}, "
-                 f"η={config.learning_rate:g}, k={config.gain:g}, k_z={config.quorum_gain:g}", fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"Quorum SGD on the tilted multi-well, N={config.agents}, σ={config.sigma:g}, "
+        f"η={config.learning_rate:g}, k={config.gain:g}, k_z={config.quorum_gain:g}",
+        fontsize=9,
+    )
     return {"continuous_vs_discrete": fig}

@@ -33,7 +33,9 @@ from .contract import claim_less
 from .plotting import figure
 
 NAME = "noise_reduction"
-DESCRIPTION = "Var(x̄) vs N and spread E e_i² vs k, all-to-all and quorum, SDE and optimizer vs closed form"
+DESCRIPTION = (
+    "Var(x̄) vs N and spread E e_i² vs k, all-to-all and quorum, SDE and optimizer vs closed form"
+)
 
 COUPLINGS = ("all_to_all", "quorum")
 FORMS = ("continuous", "discrete")
@@ -232,7 +234,8 @@ def claims(results, config):
         out.append(
             claim_less(
                 "mean_noise_scales_as_1_over_N",
-                "Coupling reduces the spatial mean's noise as 1/N: |slope of log Var(x̄) vs log N + 1|",
+                "Coupling reduces the spatial mean's noise as 1/N: "
+                "|slope of log Var(x̄) vs log N + 1|",
                 abs(m["var_mean_slope_vs_N"] + 1),
                 0.1,
             )
@@ -247,20 +250,42 @@ def plot(results, config):
     for kind in COUPLINGS:
         c = styles[kind]
         label = "all-to-all" if kind == "all_to_all" else f"quorum (k_z={config.quorum_gain:g})"
-        ax1.plot(ns, results[f"theory_var_mean_{kind}"], "-", color=c, label=f"{label}: closed form")
-        ax2.plot(gains, results[f"theory_spread_{kind}"], "-", color=c, label=f"{label}: closed form")
+        ax1.plot(
+            ns, results[f"theory_var_mean_{kind}"], "-", color=c, label=f"{label}: closed form"
+        )
+        ax2.plot(
+            gains, results[f"theory_spread_{kind}"], "-", color=c, label=f"{label}: closed form"
+        )
         for form, marker in zip(FORMS, ("o", "s")):
             v = results[f"var_mean_{kind}_{form}"]
-            ax1.errorbar(ns, v[:, 0], yerr=v[:, 1], fmt=marker, color=c, mfc="none", label=f"{label}: {form}")
+            ax1.errorbar(
+                ns, v[:, 0], yerr=v[:, 1], fmt=marker, color=c, mfc="none", label=f"{label}: {form}"
+            )
             s = results[f"spread_{kind}_{form}"]
-            ax2.errorbar(gains, s[:, 0], yerr=s[:, 1], fmt=marker, color=c, mfc="none", label=f"{label}: {form}")
-    ax1.plot(ns, [theory.uncoupled_variance(config.sigma, config.learning_rate, config.curvature)] * len(ns), "k:", label="one uncoupled agent")
+            ax2.errorbar(
+                gains,
+                s[:, 0],
+                yerr=s[:, 1],
+                fmt=marker,
+                color=c,
+                mfc="none",
+                label=f"{label}: {form}",
+            )
+    ax1.plot(
+        ns,
+        [theory.uncoupled_variance(config.sigma, config.learning_rate, config.curvature)] * len(ns),
+        "k:",
+        label="one uncoupled agent",
+    )
     ax1.set(xscale="log", yscale="log", xlabel="number of agents N", ylabel="Var(x̄) (stationary)",
             title=f"Spatial-mean noise, k={config.gain:g}")  # fmt: skip
     ax2.set(xlabel="coupling gain k (1/time)", ylabel="spread E e_i² (stationary)",
             title=f"Spread around x̄, N={config.spread_agents}")  # fmt: skip
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
-    fig.suptitle("f = ½ a x², σ=%g, η=%g; SDE: Heun dt=%g; optimizer: h=%g; bars: ±1 s.e." % (
-        config.sigma, config.learning_rate, config.dt, config.step_size), fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"f = ½ a x², σ={config.sigma:g}, η={config.learning_rate:g}; SDE: Heun "
+        f"dt={config.dt:g}; optimizer: h={config.step_size:g}; bars: ±1 s.e.",
+        fontsize=9,
+    )
     return {"noise_reduction": fig}

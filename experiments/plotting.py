@@ -18,5 +18,7 @@ def figure(ncols: int = 1, width: float = 5.0, height: float = 3.8):
 def band(ax, x, mean, err, label=None, **kwargs):
     """A line with a shaded ±err band (err: standard error or CI half-width)."""
     (line,) = ax.plot(x, mean, label=label, **kwargs)
-    ax.fill_between(x, np.asarray(mean) - err, np.asarray(mean) + err, color=line.get_color(), alpha=0.2)
+    ax.fill_between(
+        x, np.asarray(mean) - err, np.asarray(mean) + err, color=line.get_color(), alpha=0.2
+    )
     return line

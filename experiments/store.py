@@ -56,7 +56,12 @@ def run_experiment(module, config, *, seed: int, quick: bool, out: Path, force: 
     Returns `(metrics, reused)`.
     """
     directory = Path(out) / module.NAME
-    stamp = {"experiment": module.NAME, "quick": quick, "seed": seed, "config": config_to_json(config)}
+    stamp = {
+        "experiment": module.NAME,
+        "quick": quick,
+        "seed": seed,
+        "config": config_to_json(config),
+    }
     old = directory / "config.json"
     if not force and old.exists() and json.loads(old.read_text()) == stamp:
         metrics = load_metrics(directory)
@@ -79,7 +84,9 @@ def run_experiment(module, config, *, seed: int, quick: bool, out: Path, force: 
         for ext in ("png", "pdf"):
             atomic_write(
                 directory / f"{name}.{ext}",
-                lambda fh, fig=fig, ext=ext: fig.savefig(fh, format=ext, dpi=120, bbox_inches="tight"),
+                lambda fh, fig=fig, ext=ext: fig.savefig(
+                    fh, format=ext, dpi=120, bbox_inches="tight"
+                ),
             )
     claims: list[Claim] = module.claims(results, config)
     metrics = {

@@ -202,6 +202,29 @@ def test_downpour_lognormal_and_speeds_mean_staleness_is_w_minus_one(getkey):
     np.testing.assert_allclose(counts[3] / counts[:3].mean(), 4.0, rtol=0.15)
 
 
+def test_padded_pools_of_several_sizes_share_one_vmapped_program(getkey):
+    """Workers beyond W (infinite compute time) never arrive; ⟨τ⟩ = W − 1 for each W."""
+    sizes = (2, 5, 8)
+    means = jnp.stack([asy.compute_time("exponential", w, max_workers=8).mean for w in sizes])
+
+    def one(mean, key):
+        times = asy.ComputeTime("exponential", mean, 0.5)
+        return asy.run_pool(
+            quadratic_grad,
+            asy.constant_rate(1e-3),
+            jnp.zeros(3),
+            key,
+            times=times,
+            num_arrivals=1,
+            num_updates=2000,
+        )[1].arrivals
+
+    arrivals = jax.jit(jax.vmap(one, in_axes=(0, None)))(means, getkey())
+    for i, w in enumerate(sizes):
+        assert int(arrivals.worker[i].max()) == w - 1
+        assert abs(float(arrivals.staleness[i, 200:].mean()) - (w - 1)) < 0.05 * w
+
+
 def test_pool_computes_only_c_gradients_per_update(getkey):
     """A host callback inside the gradient sees the batch it is evaluated on: c rows, not W."""
     batch_shapes = []
@@ -491,6 +514,7 @@ def test_gossip_delayed_views_record_mean_delay(getkey):
         (lambda: asy.geometric_delay(0.0, 3), "p must be"),
         (lambda: asy.categorical_delay([0.0, 0.0]), "probs"),
         (lambda: asy.compute_time("gamma", 3), "kind"),
+        (lambda: asy.compute_time("constant", 3, max_workers=2), "max_workers"),
         (lambda: asy.compute_time("constant", 3, speeds=[1.0, 0.0, 1.0]), "speeds"),
         (lambda: asy.gem(0.1, 0), "num_workers"),
         (lambda: asy.gem(0.1, 3, clamp=(5.0, 0.0)), "clamp"),

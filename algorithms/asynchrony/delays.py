@@ -180,6 +180,7 @@ def delayed_sgd(
     *,
     mode: str = "sample",
     record: Callable | None = None,
+    record_every: int = 1,
 ) -> DelayedRun:
     """Run `x_{k+1} = x_k − η Σ_τ w(τ) g(x_{k−τ})` for `num_steps` server updates.
 
@@ -195,7 +196,8 @@ def delayed_sgd(
       key: PRNG key; step k uses `fold_in(key, k)`.
       mode: "sample" (one gradient at a delay τ_k ~ p) or "mean" (w(τ) = p(τ), τ_max + 1
         gradients per step).
-      record: optional `record(x) -> pytree` saved after every step.
+      record: optional `record(x) -> pytree` saved after every `record_every` steps.
+      record_every: steps between records, >= 1, must divide `num_steps`.
 
     Returns:
       A `DelayedRun`. Memory O(τ_max × params) for the buffer.
@@ -204,6 +206,10 @@ def delayed_sgd(
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
         raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
+    if not isinstance(record_every, (int, np.integer)) or record_every < 1:
+        raise ValueError(f"record_every must be an integer >= 1, got {record_every!r}")
+    if num_steps % record_every:
+        raise ValueError(f"record_every={record_every} must divide num_steps={num_steps}")
     tau_max = delay.tau_max
     buffer = ring_buffer_init(params, tau_max)
 
@@ -224,11 +230,15 @@ def delayed_sgd(
             tau = jnp.asarray(-1, jnp.int32)
         x_new = jax.tree.map(lambda p, d: p - learning_rate * d, x, direction)
         buf = ring_buffer_push(buf, x_new)
-        out = (loss, tau, None if record is None else record(x_new))
-        return (x_new, buf), out
+        return (x_new, buf), (loss, tau)
 
-    (x, _), (losses, taus, traj) = jax.lax.scan(step, (params, buffer), jnp.arange(num_steps))
-    return DelayedRun(x, losses, taus, traj)
+    def chunk(carry, ks):
+        carry, out = jax.lax.scan(step, carry, ks)
+        return carry, (out, None if record is None else record(carry[0]))
+
+    ks = jnp.arange(num_steps).reshape(num_steps // record_every, record_every)
+    (x, _), ((losses, taus), traj) = jax.lax.scan(chunk, (params, buffer), ks)
+    return DelayedRun(x, losses.reshape(num_steps), taus.reshape(num_steps), traj)
 
 
 def divergence_step(values: ArrayLike, threshold: float = 1e6) -> jax.Array:

@@ -70,7 +70,8 @@ class ComputeTime(eqx.Module):
 
     @property
     def num_workers(self) -> int:
-        return int(self.mean.shape[0])
+        """The pool size (static); workers with an infinite mean time never arrive."""
+        return int(self.mean.shape[-1])
 
     def sample(self, key: jax.Array, workers: jax.Array) -> jax.Array:
         """Compute times for the given workers (int `(c,)`) -> float `(c,)`, all > 0."""
@@ -78,9 +79,11 @@ class ComputeTime(eqx.Module):
         if self.kind == "constant":
             return mean
         if self.kind == "exponential":
-            return mean * jr.exponential(key, workers.shape, mean.dtype)
-        z = jr.normal(key, workers.shape, mean.dtype)
-        return mean * jnp.exp(self.sigma * z - 0.5 * self.sigma**2)
+            factor = jr.exponential(key, workers.shape, mean.dtype)
+        else:
+            z = jr.normal(key, workers.shape, mean.dtype)
+            factor = jnp.exp(self.sigma * z - 0.5 * self.sigma**2)
+        return jnp.where(jnp.isinf(mean), mean, mean * factor)  # inactive workers: never
 
 
 def compute_time(
@@ -90,6 +93,7 @@ def compute_time(
     mean: float = 1.0,
     sigma: float = 0.5,
     speeds: ArrayLike | None = None,
+    max_workers: int | None = None,
 ) -> ComputeTime:
     """Build a compute-time model.
 
@@ -100,6 +104,9 @@ def compute_time(
       sigma: log-normal σ > 0 (ignored otherwise).
       speeds: optional per-worker speeds, shape `(W,)`, all > 0; worker w's mean time is
         `mean / speeds[w]`.
+      max_workers: optional pool size >= W. Workers W…max_workers − 1 get an infinite compute
+        time and never arrive, so pools with different W share one compiled program (stack
+        the models' `mean` arrays and `vmap`); memory is then O(max_workers × params).
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
@@ -114,7 +121,14 @@ def compute_time(
     speeds = np.asarray(speeds, dtype=float)
     if speeds.shape != (num_workers,) or not np.all(speeds > 0):
         raise ValueError(f"speeds must have shape ({num_workers},) and be > 0, got {speeds!r}")
-    return ComputeTime(kind, jnp.asarray(mean / speeds), float(sigma))
+    means = mean / speeds
+    if max_workers is not None:
+        if not isinstance(max_workers, (int, np.integer)) or max_workers < num_workers:
+            raise ValueError(
+                f"max_workers must be an integer >= num_workers={num_workers}, got {max_workers!r}"
+            )
+        means = np.concatenate([means, np.full(max_workers - num_workers, np.inf)])
+    return ComputeTime(kind, jnp.asarray(means), float(sigma))
 
 
 def softsync_arrivals(num_workers: int, n: int) -> int:
@@ -155,8 +169,8 @@ class Arrivals(NamedTuple):
 
 
 class PoolTrace(NamedTuple):
-    """`Arrivals` stacked over server updates (`(T, c)`, time `(T,)`) and `record(state)` per
-    update (after it is applied), or None."""
+    """`Arrivals` stacked over server updates (`(T, c)`, time `(T,)`) and `record(state)`
+    after every `record_every` updates (leading axis T / record_every), or None."""
 
     arrivals: Arrivals
     record: object
@@ -234,6 +248,7 @@ def run_pool(
     num_arrivals: int,
     num_updates: int,
     record: Callable[[PoolState], object] | None = None,
+    record_every: int = 1,
 ) -> tuple[PoolState, PoolTrace]:
     """Run `num_updates` server updates of an asynchronous worker pool (traceable).
 
@@ -246,7 +261,9 @@ def run_pool(
       times: the compute-time model; its length is the number of workers W.
       num_arrivals: c, gradients per server update, 1 <= c <= W (`softsync_arrivals(W, n)`).
       num_updates: T, server updates (static). Worker steps = c·T.
-      record: optional `record(state) -> pytree` stored after every update.
+      record: optional `record(state) -> pytree` stored after every `record_every` updates.
+      record_every: updates between records (>= 1, must divide `num_updates`); use it for
+        costly records such as a test-set evaluation.
 
     Returns:
       `(final_state, PoolTrace)`. Memory O(W × params).
@@ -259,10 +276,14 @@ def run_pool(
         )
     if not isinstance(num_updates, (int, np.integer)) or num_updates < 0:
         raise ValueError(f"num_updates must be an integer >= 0, got {num_updates!r}")
+    if not isinstance(record_every, (int, np.integer)) or record_every < 1:
+        raise ValueError(f"record_every must be an integer >= 1, got {record_every!r}")
+    if num_updates % record_every:
+        raise ValueError(f"record_every={record_every} must divide num_updates={num_updates}")
     state = pool_init(params, rule, times, key)
 
     def body(state, k):
-        state, arrivals = pool_step(
+        return pool_step(
             state,
             jr.fold_in(key, k),
             grad_fn=grad_fn,
@@ -270,7 +291,12 @@ def run_pool(
             times=times,
             num_arrivals=num_arrivals,
         )
+
+    def chunk(state, ks):
+        state, arrivals = jax.lax.scan(body, state, ks)
         return state, (arrivals, None if record is None else record(state))
 
-    state, (arrivals, rec) = jax.lax.scan(body, state, jnp.arange(num_updates))
+    ks = jnp.arange(num_updates).reshape(num_updates // record_every, record_every)
+    state, (arrivals, rec) = jax.lax.scan(chunk, state, ks)
+    arrivals = jax.tree.map(lambda a: a.reshape((num_updates,) + a.shape[2:]), arrivals)
     return state, PoolTrace(arrivals, rec)

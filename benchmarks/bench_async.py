@@ -1,0 +1,104 @@
+"""Cost per applied gradient of the asynchronous worker pool vs plain sequential SGD.
+
+Both run the same gradient oracle (an MLP on MNIST-1D, minibatch 64) inside one jitted
+`lax.scan`; the pool (`algorithms.asynchrony.run_pool`, W workers, c = 1, exponential compute
+times, constant server rate) additionally selects the next arrival on the virtual clock,
+gathers its snapshot and scatters the new one back. Timings alternate between the two,
+`--reps` times after a warm-up, and the medians are compared. Prints JSON to stdout:
+`{"ratio": pool_seconds_per_gradient / sgd_seconds_per_gradient, ...}`.
+
+Usage: `python -m benchmarks.bench_async [--steps 2000] [--workers 16] [--reps 7]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from algorithms.asynchrony import compute_time, constant_rate, run_pool
+from experiments.tasks import MLP, init_stacked, load_mnist1d, minibatch_oracle
+
+
+def _setup(batch_size: int, hidden: tuple[int, ...]):
+    data = load_mnist1d()
+    model = MLP(hidden=hidden, num_classes=data.num_classes)
+    oracle = minibatch_oracle(model, data.x_train, data.y_train, batch_size)
+
+    def grad_fn(params, key):
+        losses, grads = oracle(jax.tree.map(lambda p: p[None], params), key, 0)
+        return losses[0], jax.tree.map(lambda g: g[0], grads)
+
+    params = jax.tree.map(
+        lambda p: p[0], init_stacked(model, jax.random.key(0), 1, data.x_train[:2])
+    )
+    return grad_fn, params
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000, help="gradients per timed run")
+    parser.add_argument("--workers", type=int, default=16, help="pool size W")
+    parser.add_argument("--reps", type=int, default=7, help="timed repetitions of each")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--hidden", type=int, nargs="*", default=[128, 128])
+    args = parser.parse_args(argv)
+    grad_fn, params = _setup(args.batch_size, tuple(args.hidden))
+    lr = 0.05
+
+    @jax.jit
+    def sequential(key):
+        def step(x, k):
+            loss, g = grad_fn(x, jax.random.fold_in(key, k))
+            return jax.tree.map(lambda p, d: p - lr * d, x, g), loss
+
+        return jax.lax.scan(step, params, jnp.arange(args.steps))
+
+    times = compute_time("exponential", args.workers)
+
+    @jax.jit
+    def pool(key):
+        state, trace = run_pool(
+            grad_fn, constant_rate(lr), params, key, times=times, num_arrivals=1,
+            num_updates=args.steps,
+        )  # fmt: skip
+        return state.params, trace.arrivals.loss
+
+    def timed(fn, key):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(key))
+        return time.perf_counter() - start
+
+    for fn in (sequential, pool):  # compile + warm up
+        timed(fn, jax.random.key(0))
+        timed(fn, jax.random.key(1))
+    t_seq, t_pool = [], []
+    for rep in range(args.reps):
+        key = jax.random.key(100 + rep)
+        t_seq.append(timed(sequential, key))
+        t_pool.append(timed(pool, key))
+    seq = float(np.median(t_seq)) / args.steps
+    pl = float(np.median(t_pool)) / args.steps
+    result = {
+        "benchmark": "async_pool_vs_sequential_sgd",
+        "model": f"MLP{tuple(args.hidden)} on MNIST-1D, batch {args.batch_size}",
+        "params": int(sum(p.size for p in jax.tree.leaves(params))),
+        "workers": args.workers,
+        "steps": args.steps,
+        "reps": args.reps,
+        "device": str(jax.devices()[0]),
+        "sequential_us_per_gradient": seq * 1e6,
+        "pool_us_per_gradient": pl * 1e6,
+        "ratio": pl / seq,
+        "within_1.3x": bool(pl / seq <= 1.3),
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
