@@ -57,6 +57,9 @@ def run_agents(
     record_every: int = 1,
     metrics_fn: Callable[[PyTree, PyTree, jax.Array], dict] | None = None,
     divergence_threshold: float = 1e12,
+    opt_state: PyTree | None = None,
+    start_step: int = 0,
+    diverged_step: int = -1,
 ) -> RunResult:
     """Run `optimizer` on N stacked agents for `num_steps` steps of `oracle` gradients.
 
@@ -76,6 +79,10 @@ def run_agents(
         metrics_fn: `(params, opt_state, losses) -> dict of arrays` evaluated at each record
             (`losses` are the oracle's at that step); default records params and losses.
         divergence_threshold: a parameter with |x| above this counts as diverged.
+        opt_state, start_step, diverged_step: continue an earlier run (e.g. from a
+            checkpoint): its optimizer state, the index of the next step, and its
+            `diverged_step`. Running k steps and then n − k more from the saved state gives
+            the same numbers as running n steps at once.
 
     Returns:
         A `RunResult` (records have leading axis `num_steps // record_every + 1`).
@@ -96,17 +103,22 @@ def run_agents(
         raise ValueError(f"all leaves need the same agent axis N >= 1, got sizes {n_agents}")
     metrics_fn = _default_metrics if metrics_fn is None else metrics_fn
     optimizer = optax.with_extra_args_support(optimizer)
+    if int(start_step) != start_step or start_step < 0:
+        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}")
+    if opt_state is None:
+        opt_state = optimizer.init(params)
     return _run(
-        optimizer, params, oracle, int(num_steps), key, int(record_every), metrics_fn,
-        float(divergence_threshold),
+        optimizer, params, opt_state, oracle, int(num_steps), key, int(record_every),
+        metrics_fn, float(divergence_threshold), int(start_step), int(diverged_step),
     )  # fmt: skip
 
 
-def _run(optimizer, params, oracle, num_steps, key, record_every, metrics_fn, threshold):
+def _run(
+    optimizer, params, opt_state, oracle, num_steps, key, record_every, metrics_fn, threshold,
+    start_step, diverged_step,
+):  # fmt: skip
     @jax.jit
-    def go(params, key):
-        opt_state = optimizer.init(params)
-
+    def go(params, opt_state, key):
         def healthy(p, losses):
             small = jnp.all(
                 jnp.stack([jnp.all(jnp.abs(x) < threshold) for x in jax.tree.leaves(p)])
@@ -125,20 +137,20 @@ def _run(optimizer, params, oracle, num_steps, key, record_every, metrics_fn, th
 
         def record(carry, r):
             params, opt_state, _ = carry
-            losses, _ = oracle(params, key, r * record_every)
+            losses, _ = oracle(params, key, start_step + r * record_every)
             return metrics_fn(params, opt_state, losses)
 
         def block(carry, r):
-            ks = (r * record_every + jnp.arange(record_every)).astype(jnp.int32)
+            ks = (start_step + r * record_every + jnp.arange(record_every)).astype(jnp.int32)
             carry, _ = jax.lax.scan(step, carry, ks)
             return carry, record(carry, r + 1)
 
-        carry = (params, opt_state, jnp.array(-1, jnp.int32))
+        carry = (params, opt_state, jnp.array(diverged_step, jnp.int32))
         first = record(carry, 0)
         n_blocks = num_steps // record_every
         carry, rest = jax.lax.scan(block, carry, jnp.arange(n_blocks, dtype=jnp.int32))
         metrics = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
-        steps = jnp.arange(n_blocks + 1) * record_every
+        steps = start_step + jnp.arange(n_blocks + 1) * record_every
         return RunResult(carry[0], carry[1], steps, metrics, carry[2])
 
-    return go(params, key)
+    return go(params, opt_state, key)

@@ -1,0 +1,58 @@
+"""The continuous model: landscapes, noise, coupling rules, the coupled SDE, and theory.
+
+Notation follows PAPERS.md: N agents `x_i` stacked on a leading axis, spatial mean `x̄`,
+quorum variable `z`, velocities `v_i`, learning rate `η`, noise `σ`, continuous time `t`.
+"""
+
+from . import theory
+from .brownian import StepBrownianPath, step_normal
+from .coupling import (
+    AbstractCoupling,
+    MeanField,
+    Quorum,
+    Uncoupled,
+    agent_mean,
+    elastic,
+    toward,
+    tree_zeros_like,
+)
+from .landscapes import AbstractLandscape, LogCoshQuadratic, Quadratic, Rastrigin, TiltedMultiWell
+from .noise import (
+    AbstractNoise,
+    CovarianceNoise,
+    DiagonalNoise,
+    IsotropicNoise,
+    StateDependentNoise,
+)
+from .solve import Solution, solve, solve_runs, terms
+from .system import AgentState, CoupledSystem
+
+__all__ = [
+    "AbstractCoupling",
+    "AbstractLandscape",
+    "AbstractNoise",
+    "AgentState",
+    "CoupledSystem",
+    "CovarianceNoise",
+    "DiagonalNoise",
+    "IsotropicNoise",
+    "LogCoshQuadratic",
+    "MeanField",
+    "Quadratic",
+    "Quorum",
+    "Rastrigin",
+    "Solution",
+    "StateDependentNoise",
+    "StepBrownianPath",
+    "TiltedMultiWell",
+    "Uncoupled",
+    "agent_mean",
+    "elastic",
+    "solve",
+    "solve_runs",
+    "step_normal",
+    "terms",
+    "theory",
+    "toward",
+    "tree_zeros_like",
+]

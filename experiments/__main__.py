@@ -28,8 +28,9 @@ def make_config(module, quick: bool, overrides: dict[str, str]):
 def _run_one(module, args) -> bool:
     config = make_config(module, args.quick, parse_overrides(args.set or []))
     metrics, reused = run_experiment(
-        module, config, seed=args.seed, quick=args.quick, out=Path(args.out), force=args.force
-    )
+        module, config, seed=args.seed, quick=args.quick, out=Path(args.out), force=args.force,
+        quiet=args.quiet,
+    )  # fmt: skip
     ok = all(c["holds"] for c in metrics["claims"])
     state = "reused" if reused else f"{metrics['wall_seconds']:.1f} s"
     print(f"{module.NAME}: {state}; claims {'all hold' if ok else 'NOT ALL HOLD'}")
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
         "--set", action="append", metavar="KEY=VALUE", help="override a config field"
     )
     common.add_argument("--force", action="store_true", help="rerun even if a finished run exists")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
     run = sub.add_parser("run", parents=[common], help="run one experiment")
     run.add_argument("name")
     sub.add_parser("all", parents=[common], help="run every experiment, then the report")

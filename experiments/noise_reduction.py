@@ -152,7 +152,8 @@ def _theory(config, kind, n_agents, gain, step_size=None):
     return var, theory.all_to_all_spread(s, eta, a, gain, n_agents)
 
 
-def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
+def run(config: Config, key: jax.Array, cache=None) -> dict[str, np.ndarray]:
+    cached = cache.cached if cache is not None else (lambda name, fn: fn())
     ns, gains = np.asarray(config.agent_counts), np.asarray(config.gains, dtype=float)
     out: dict[str, np.ndarray] = {"agent_counts": ns, "gains": gains}
     for ci, kind in enumerate(COUPLINGS):
@@ -161,12 +162,18 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
             var_n = np.zeros((len(ns), 2))
             for i, n in enumerate(ns):
                 k = jax.random.fold_in(key, 1000 * ci + 100 * fi + i)
-                vm, _ = sim(config, kind, int(n), [config.gain], k)
-                v = np.asarray(vm[0])
+                cell = cached(
+                    f"var_{kind}_{form}_N{n}",
+                    lambda k=k, n=n: {"v": sim(config, kind, int(n), [config.gain], k)[0][0]},
+                )
+                v = cell["v"]
                 var_n[i] = v.mean(), v.std(ddof=1) / np.sqrt(len(v))
             k = jax.random.fold_in(key, 1000 * ci + 100 * fi + 99)
-            _, sp = sim(config, kind, config.spread_agents, gains, k)
-            sp = np.asarray(sp)
+            cell = cached(
+                f"spread_{kind}_{form}",
+                lambda k=k: {"s": sim(config, kind, config.spread_agents, gains, k)[1]},
+            )
+            sp = cell["s"]
             out[f"var_mean_{kind}_{form}"] = var_n
             out[f"spread_{kind}_{form}"] = np.stack(
                 [sp.mean(1), sp.std(1, ddof=1) / np.sqrt(sp.shape[1])], -1

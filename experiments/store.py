@@ -7,8 +7,10 @@ presence marks a finished run. A finished run with the same config and seed is r
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -50,11 +52,19 @@ def _to_float(value) -> float | str:
     return v if np.isfinite(v) else str(v)
 
 
-def run_experiment(module, config, *, seed: int, quick: bool, out: Path, force: bool = False):
+def run_experiment(
+    module, config, *, seed: int, quick: bool, out: Path, force: bool = False, quiet: bool = False
+):
     """Run `module` with `config` and `seed` into `out/NAME`, or reuse a finished run.
+
+    Experiments whose `run` takes a `cache` argument get a `RunCache` under
+    `out/NAME/.cache/<run key>/`, keyed by (experiment, config, seed, mode): an interrupted
+    run resumes from its finished pieces, and `force` discards them.
 
     Returns `(metrics, reused)`.
     """
+    from .checkpoint import RunCache, run_key  # checkpoint imports this module
+
     directory = Path(out) / module.NAME
     stamp = {
         "experiment": module.NAME,
@@ -73,8 +83,14 @@ def run_experiment(module, config, *, seed: int, quick: bool, out: Path, force: 
         (directory / "metrics.json").unlink()
     _write_json(old, stamp)
 
+    kwargs = {}
+    if "cache" in inspect.signature(module.run).parameters:
+        cache_dir = directory / ".cache" / run_key(stamp)
+        if force and cache_dir.exists():
+            shutil.rmtree(cache_dir)
+        kwargs["cache"] = RunCache(cache_dir, quiet=quiet)
     start = time.perf_counter()
-    results = module.run(config, jax.random.key(seed))
+    results = module.run(config, jax.random.key(seed), **kwargs)
     results = {k: np.asarray(v) for k, v in results.items()}
     wall = time.perf_counter() - start
 

@@ -551,3 +551,94 @@ def test_gossip_delayed_views_record_mean_delay(getkey):
 def test_bad_arguments_raise_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_record_every_matches_subsampled_per_step_records(getkey):
+    key = getkey()
+    kwargs = dict(times=asy.compute_time("exponential", 4), num_arrivals=2, num_updates=12)
+    _, every1 = asy.run_pool(
+        noisy_quadratic,
+        asy.constant_rate(0.1),
+        jnp.ones(3),
+        key,
+        record=lambda s: s.params,
+        **kwargs,
+    )
+    _, every3 = asy.run_pool(
+        noisy_quadratic,
+        asy.constant_rate(0.1),
+        jnp.ones(3),
+        key,
+        record=lambda s: s.params,
+        record_every=3,
+        **kwargs,
+    )
+    np.testing.assert_array_equal(np.asarray(every3.record), np.asarray(every1.record)[2::3])
+    np.testing.assert_array_equal(
+        np.asarray(every3.arrivals.staleness), np.asarray(every1.arrivals.staleness)
+    )
+    run1 = asy.delayed_sgd(quadratic_grad, jnp.ones(3), asy.uniform_delay(2), 0.1, 12, key,
+                           record=lambda x: x)  # fmt: skip
+    run4 = asy.delayed_sgd(quadratic_grad, jnp.ones(3), asy.uniform_delay(2), 0.1, 12, key,
+                           record=lambda x: x, record_every=4)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(run4.trajectory), np.asarray(run1.trajectory)[3::4])
+
+
+# ----------------------------------------------------------------------------- experiments
+
+TINY = {
+    "delay_stability": dict(
+        tau_max=2, num_steps=200, bisection_iters=5, grid_points=5, grid_steps=50
+    ),
+    "gem_scaling": dict(
+        workers=(2, 3),
+        worker_steps=20,
+        kappas=(1.0,),
+        kappa_workers=2,
+        model="mlp",
+        seeds=1,
+        windows=4,
+        batch_size=8,
+    ),
+    "staleness_aware": dict(
+        learners=4, softsync=(1, 4), epochs=0.05, evals=2, features=(4,), seeds=1
+    ),
+    "async_generalization": dict(
+        tau_maxes=(0, 2),
+        num_train=32,
+        hidden=(8,),
+        num_steps=20,
+        evals=2,
+        seeds=1,
+        batch_size=8,
+    ),
+    "decentralized": dict(replicas=4, dim=5, max_delays=(0, 2), num_steps=30, seeds=2),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n == "gem_scaling" else n  # ~20 s: 4 compiles
+        for n in sorted(TINY)
+    ],
+)
+def test_experiment_smoke(name, getkey):
+    import dataclasses
+    import importlib
+
+    from matplotlib.figure import Figure
+
+    from experiments.contract import Claim
+
+    module = importlib.import_module(f"experiments.{name}")
+    assert module.NAME == name and isinstance(module.DESCRIPTION, str)
+    dataclasses.replace(module.Config(), **module.QUICK)  # quick overrides are valid
+    config = dataclasses.replace(module.Config(), **TINY[name])
+    results = module.run(config, getkey())
+    assert all(isinstance(v, np.ndarray) for v in results.values())
+    assert all(isinstance(v, float | int) for v in module.metrics(results, config).values())
+    claims = module.claims(results, config)
+    assert claims and all(isinstance(c, Claim) for c in claims)
+    figures = module.plot(results, config)
+    assert figures and all(isinstance(f, Figure) for f in figures.values())

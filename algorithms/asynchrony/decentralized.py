@@ -183,7 +183,9 @@ def dasgd_step(
         inbox, arrival = state.inbox, state.arrival
     current = step % size
     due = jnp.sum(arrival == step, axis=(0, 1), dtype=jnp.int32)  # (dst,) applied now
-    params = jax.tree.map(lambda p, box: p - learning_rate * box[current], state.params, inbox)
+    params = jax.tree.map(
+        lambda p, box: (p - learning_rate * box[current]).astype(p.dtype), state.params, inbox
+    )
     inbox = jax.tree.map(lambda box: box.at[current].set(0.0), inbox)
     staleness = _pairwise_staleness(arrival, step)
     new_state = DASGDState(params, inbox, arrival, state.applied + due, step + 1)
@@ -299,7 +301,7 @@ def gossip_step(
     params = jax.tree.map(
         lambda h, g: (
             jnp.einsum("ij,ij...->i...", mixing.astype(h.dtype), h[slot, cols]) - learning_rate * g
-        ),
+        ).astype(h.dtype),
         state.history,
         grads,
     )

@@ -228,7 +228,7 @@ def delayed_sgd(
             loss = jnp.sum(delay.probs * losses)
             direction = jax.tree.map(lambda g: jnp.tensordot(delay.probs, g, axes=1), gs)
             tau = jnp.asarray(-1, jnp.int32)
-        x_new = jax.tree.map(lambda p, d: p - learning_rate * d, x, direction)
+        x_new = jax.tree.map(lambda p, d: (p - learning_rate * d).astype(p.dtype), x, direction)
         buf = ring_buffer_push(buf, x_new)
         return (x_new, buf), (loss, tau)
 

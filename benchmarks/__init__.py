@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): timings against hand-written loops and peer libraries."""
