@@ -36,6 +36,7 @@ __all__ = [
     "replicated",
     "check_divisible",
     "shard_agents",
+    "replicate",
     "agents_from_process_local",
     "constrain_agents",
     "sharded_oracle",
@@ -124,17 +125,14 @@ def _shardings(tree: PyTree, mesh: Mesh, num_agents: int | None) -> PyTree:
 
 
 def _place(leaf, sharding: NamedSharding) -> jax.Array:
-    if isinstance(leaf, jax.Array) and leaf.is_fully_addressable is False:
-        return jax.device_put(leaf, sharding)  # already global: a reshard
-    if sharding.is_fully_addressable:
+    global_input = isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+    if global_input or sharding.is_fully_addressable:
         return jax.device_put(leaf, sharding)
-    # Multi-process: every process holds the same host value and contributes its own shards.
-    host = np.asarray(leaf) if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else None
-    if host is None:  # typed PRNG keys: go through their raw key data
-        data = jax.random.key_data(leaf)
-        impl = jax.random.key_impl(leaf)
-        raw = _place(data, sharding)
-        return jax.random.wrap_key_data(raw, impl=impl)
+    # Multi-process: every process holds the same host value and supplies its own shards.
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        raw = _place(jax.random.key_data(leaf), sharding)  # typed keys travel as their data
+        return jax.random.wrap_key_data(raw, impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
@@ -154,6 +152,11 @@ def shard_agents(tree: PyTree, mesh: Mesh, *, num_agents: int | None = None) -> 
       process holds only its own agents).
     """
     return jax.tree.map(_place, tree, _shardings(tree, mesh, num_agents))
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """A full copy of every leaf on every device of `mesh` (e.g. a PRNG key, θ_0)."""
+    return jax.tree.map(lambda leaf: _place(leaf, replicated(mesh)), tree)
 
 
 def agents_from_process_local(local_tree: PyTree, mesh: Mesh, num_agents: int) -> PyTree:

@@ -201,3 +201,159 @@ def relative_error(measured, predicted) -> np.ndarray:
     """|measured − predicted| / |predicted|, element-wise."""
     measured, predicted = np.asarray(measured), np.asarray(predicted)
     return np.abs(measured - predicted) / np.abs(predicted)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strongly convex f: the spatial mean's distance to x* (PAPERS.md §1, claim 4)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_convexity(eta, strong_convexity, smoothness):
+    if not eta > 0 or not strong_convexity > 0 or not smoothness >= strong_convexity:
+        raise ValueError(
+            f"need η > 0 and 0 < m <= L, got η={eta}, m={strong_convexity}, L={smoothness}"
+        )
+
+
+def _deviation_sup(sigma, dim, n_agents, gain, eta, strong_convexity, initial_deviation):
+    """`sup_t E D(t)` from `deviation_bound`: the larger of D0 and the stationary value."""
+    steady = deviation_bound(np.inf, sigma, dim, n_agents, gain, eta, strong_convexity)
+    return max(float(initial_deviation), float(steady))
+
+
+def mean_distance_limit(sigma, dim, n_agents, gain, eta, strong_convexity, smoothness):
+    """Asymptotic bound on `E‖x̄ − x*‖` for first-order coupled SGD on strongly convex f.
+
+    `lim sup_t sqrt(E‖x̄ − x*‖²) <= b + sqrt(b² + nσ²/(2ηmN))`, `b = L s / (2m)`, with
+    `s² = σ² n (N−1)/(2N(k + ηm))` the stationary deviation bound. It holds for all-to-all
+    coupling `k(x̄ − x_i)` and for quorum coupling `k(z − x_i)` with
+    `dz = [−η_z ∇f(z) + k_z Σ_i (x_i − z)] dt` (η_z >= 0, so EASGD included).
+
+    Derivation (first order, additive isotropic noise σ, f m-strongly convex and L-smooth,
+    ∇f(x*) = 0). Write `u = x̄ − x*`, `w = z − x*`, `D = (1/N) Σ‖x_i − x̄‖²` and
+    `δ = mean_i ∇f(x_i) − ∇f(x̄)`, so `‖δ‖ <= L sqrt(D)`. The mean obeys
+    `du = [−η ∇f(x̄) − η δ + k(w − u)] dt + (σ/√N) dW̄` (no `k` term for all-to-all). With
+    `V = ‖u‖² + ρ‖w‖²`, `ρ = k/(k_z N)`, Itô's formula and strong convexity give
+    `dE V/dt <= −2ηm E‖u‖² − 2k E‖u − w‖² − 2ρ η_z m E‖w‖² + 2ηL E[‖u‖ sqrt(D)] + nσ²/N`
+    (the cross terms `2k u·w` cancel). Cauchy–Schwarz bounds `E[‖u‖ sqrt(D)]` by `y s` with
+    `y² = E‖u‖²`; at stationarity `dE V/dt = 0`, so `ηm y² <= ηL s y + nσ²/(2N)`, whose
+    positive root is the bound. `E‖x̄ − x*‖ <= y` by Jensen.
+    """
+    _check_convexity(eta, strong_convexity, smoothness)
+    s = math.sqrt(_deviation_sup(sigma, dim, n_agents, gain, eta, strong_convexity, 0.0))
+    b = smoothness * s / (2 * strong_convexity)
+    return b + math.sqrt(b**2 + dim * sigma**2 / (2 * eta * strong_convexity * n_agents))
+
+
+def mean_distance_bound(
+    t,
+    *,
+    sigma,
+    dim,
+    n_agents,
+    gain,
+    eta,
+    strong_convexity,
+    smoothness,
+    initial_distance,
+    initial_deviation=0.0,
+    quorum_gain=None,
+    center_learning_rate=0.0,
+):
+    """Bound on `E‖x̄(t) − x*‖` at every time t for first-order coupled SGD, f strongly convex.
+
+    Assumptions: f is m-strongly convex and L-smooth; first-order dynamics with additive
+    isotropic noise σ on every agent; agents coupled all-to-all, `k(x̄ − x_i)`
+    (`quorum_gain=None`), or through a quorum variable z that starts at x̄(0),
+    `k(z − x_i)`, `dz = [−η_z ∇f(z) + k_z Σ_i (x_i − z)] dt` (EASGD: η_z = 0, k = k_z = ρ).
+    `t` is continuous time (array-like); `initial_distance = ‖x̄(0) − x*‖`,
+    `initial_deviation = D(0)`. Not covered: momentum (see `linear_moments` for the
+    linearized prediction instead) and state-dependent noise.
+
+    All-to-all: `E‖x̄ − x*‖ <= e^{−ηmt} ‖x̄0 − x*‖ + (L/m) s̄ + sqrt(nσ²/(2ηmN))`, with
+    `s̄² = max(D0, σ²n(N−1)/(2N(k+ηm)))` bounding E D(t) at all times (`deviation_bound`).
+    Proof: `y = sqrt(E‖x̄ − x*‖²)` satisfies `y' <= −ηm y + ηL s̄ + nσ²/(2Ny)` (see
+    `mean_distance_limit`); the right-hand side is a supersolution of that inequality, so
+    it stays above y (comparison lemma), and `E‖·‖ <= y`.
+
+    Quorum: with `V = ‖u‖² + ρ‖w‖²` as in `mean_distance_limit`, Young's inequality
+    `2ηL s̄ y <= ηm y² + ηL² s̄²/m` and `‖w‖² <= 2‖u‖² + 2‖u − w‖²` give
+    `dE V/dt <= −λ E V + ηL²s̄²/m + nσ²/N` with
+    `λ = max(min(ηm/(1+2ρ), k_z N), min(ηm, 2η_z m))`, hence
+    `E‖x̄ − x*‖² <= E V(t) <= e^{−λt} (1+ρ) ‖x̄0 − x*‖² + (1 − e^{−λt})(ηL²s̄²/m + nσ²/N)/λ`.
+    This is looser than the all-to-all form (Young's inequality costs a factor 2 in the
+    noise term); its limit lies above `mean_distance_limit`.
+
+    Returns:
+        The bound, a NumPy array shaped like `t`.
+    """
+    _check_convexity(eta, strong_convexity, smoothness)
+    t = np.asarray(t, dtype=float)
+    m, big_l = strong_convexity, smoothness
+    s_bar_sq = _deviation_sup(sigma, dim, n_agents, gain, eta, m, initial_deviation)
+    noise = dim * sigma**2 / n_agents
+    if quorum_gain is None:
+        return (
+            np.exp(-eta * m * t) * initial_distance
+            + big_l * math.sqrt(s_bar_sq) / m
+            + math.sqrt(noise / (2 * eta * m))
+        )
+    if quorum_gain <= 0:
+        raise ValueError(f"quorum_gain (k_z) must be > 0 for the quorum bound, got {quorum_gain}")
+    rho = gain / (quorum_gain * n_agents)
+    rate = max(
+        min(eta * m / (1 + 2 * rho), quorum_gain * n_agents),
+        min(eta * m, 2 * center_learning_rate * m),
+    )
+    forcing = eta * big_l**2 * s_bar_sq / m + noise
+    decay = np.exp(-rate * t)
+    v = decay * (1 + rho) * initial_distance**2 + (1 - decay) * forcing / rate
+    return np.sqrt(v)
+
+
+class LinearMoments(NamedTuple):
+    """Moments of the linearized system over time (arrays shaped like `ts`).
+
+    `mean_sq_distance`: E‖x̄ − x*‖²; `deviation`: E (1/N) Σ‖x_i − x̄‖².
+    """
+
+    mean_sq_distance: np.ndarray
+    deviation: np.ndarray
+
+
+def linear_moments(system: CoupledSystem, x0, ts) -> LinearMoments:
+    """E‖x̄(t) − x*‖² and E D(t) of the system linearized at x*, from deterministic `x0`.
+
+    The linearization `dY = M (Y − Y*) dt + B dW` (`linearize`) is solved exactly: the mean
+    is `Y* + e^{Mt}(Y0 − Y*)` and the covariance `P(t) = P∞ − e^{Mt} P∞ e^{Mᵀt}` (P(0) = 0).
+    Velocities start at zero and the auxiliary state at the rule's `init`. This is a
+    *prediction*, not a bound: exact for quadratic f and linear rules, and for other f only
+    near x* (far from x* the curvature differs from ∇²f(x*)).
+
+    Args:
+        system: a coupled system with a linear rule (any damping).
+        x0: initial positions `(N, dim)`.
+        ts: times (continuous time), array-like `(T,)`.
+    """
+    x0 = np.asarray(x0, dtype=float)
+    n_agents, dim = x0.shape
+    lin = linearize(system, n_agents)
+    flat0, _ = ravel_pytree(system.init(jnp.asarray(x0)))
+    start = np.asarray(flat0) - lin.equilibrium
+    p_inf = stationary_covariance(lin.drift, lin.diffusion)
+    size = n_agents * dim
+    # Positions come first in the flattened state; x[i, j] at i*dim + j.
+    averaging = np.kron(np.full((1, n_agents), 1.0 / n_agents), np.eye(dim))  # (dim, size)
+    centring = np.eye(size) - np.kron(np.full((n_agents, n_agents), 1.0 / n_agents), np.eye(dim))
+    mean_sq, deviation = [], []
+    for t in np.asarray(ts, dtype=float):
+        e = scipy.linalg.expm(lin.drift * t)
+        mu = (e @ start)[:size]
+        cov = (p_inf - e @ p_inf @ e.T)[:size, :size]
+        mean_sq.append(np.sum((averaging @ mu) ** 2) + np.trace(averaging @ cov @ averaging.T))
+        dev = np.sum((centring @ mu) ** 2) + np.trace(centring @ cov @ centring.T)
+        deviation.append(dev / n_agents)
+    return LinearMoments(np.asarray(mean_sq), np.asarray(deviation))
+
+
+__all__ += ["mean_distance_limit", "mean_distance_bound", "LinearMoments", "linear_moments"]

@@ -60,6 +60,20 @@ def main(argv=None) -> int:
     rep = sub.add_parser("report", help="write report.html and report.md")
     rep.add_argument("--out", default="results")
     run.add_argument("--show-config", action="store_true", help="list the config fields and exit")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `run NAME --help` lists NAME's config fields (argparse alone cannot know them).
+    if len(argv) >= 2 and argv[0] == "run" and ("--help" in argv or "-h" in argv):
+        name = next((a for a in argv[1:] if not a.startswith("-")), None)
+        if name is not None:
+            run.print_help()
+            try:
+                module = get(name)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            print(f"\n{module.NAME}: {module.DESCRIPTION}\nconfig fields (--set KEY=VALUE):")
+            print(config_help(module))
+            return 0
     args = parser.parse_args(argv)
     try:
         if args.command == "list":

@@ -101,5 +101,6 @@ def describe(cls) -> list[tuple[str, str, Any, str]]:
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         t = types_[f.name]
-        rows.append((f.name, getattr(t, "__name__", str(t)), default, f.metadata.get("help", "")))
+        name = str(t) if typing.get_origin(t) else getattr(t, "__name__", str(t))
+        rows.append((f.name, name, default, f.metadata.get("help", "")))
     return rows

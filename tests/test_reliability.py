@@ -1,0 +1,101 @@
+"""Reliability: bad configs, killed and resumed runs, checkpointed segments."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import experiments.checkpoint as checkpoint
+from algorithms import easgd, landscape_oracle, run_agents
+from dynamics import IsotropicNoise, LogCoshQuadratic
+from experiments.__main__ import main
+
+TINY_NOISE = [
+    "--set", "agent_counts=1,2", "--set", "gains=0,1", "--set", "runs=4",
+    "--set", "burn_in=0.5", "--set", "sample_time=1", "--set", "spread_agents=2",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    (
+        ("learning_rate=-0.1", "learning_rate must be > 0"),
+        ("agent_counts=0,2", "N >= 1"),
+        ("gains=-1,1", "gains must be >= 0"),
+        ("no_such_field=3", "unknown config key 'no_such_field'"),
+        ("runs=2.5", "runs must be int"),
+    ),
+)
+def test_bad_config_is_rejected_before_running(setting, message, tmp_path, capsys):
+    assert main(["run", "noise_reduction", "--out", str(tmp_path), "--set", setting]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_killed_experiment_resumes_with_the_same_metrics(tmp_path, monkeypatch, capsys):
+    args = ["run", "noise_reduction", "--quick", "--quiet", "--seed", "1", *TINY_NOISE]
+    assert main([*args, "--out", str(tmp_path / "clean")]) == 0
+    clean = json.loads((tmp_path / "clean/noise_reduction/metrics.json").read_text())
+
+    # Kill the second run after three finished pieces.
+    original = checkpoint.RunCache.cached
+    count = {"n": 0}
+
+    def dying(self, name, fn):
+        if count["n"] == 3:
+            raise KeyboardInterrupt
+        count["n"] += 1
+        return original(self, name, fn)
+
+    monkeypatch.setattr(checkpoint.RunCache, "cached", dying)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(tmp_path / "killed")])
+    assert not (tmp_path / "killed/noise_reduction/metrics.json").exists()
+    monkeypatch.setattr(checkpoint.RunCache, "cached", original)
+
+    computed = []
+    monkeypatch.setattr(
+        checkpoint.RunCache,
+        "cached",
+        lambda self, name, fn: original(self, name, lambda: computed.append(name) or fn()),
+    )
+    assert main([*args, "--out", str(tmp_path / "killed")]) == 0
+    resumed = json.loads((tmp_path / "killed/noise_reduction/metrics.json").read_text())
+    assert len(computed) == 12 - 3  # the three finished pieces were not recomputed
+    for key in ("var_mean_rel_err_max", "spread_rel_err_max", "claims"):
+        assert resumed[key] == clean[key]
+
+
+def test_checkpointed_segments_resume_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    f = LogCoshQuadratic(2, 0.1)
+    x0, key = jnp.ones((4, 2)), jax.random.key(0)
+    oracle = landscape_oracle(f, IsotropicNoise(0.5))
+    opt = easgd(0.1, 1.0, momentum=0.9)
+    full = run_agents(opt, x0, oracle, num_steps=60, key=key, record_every=5)
+
+    calls = {"n": 0}
+    original = checkpoint.run_agents
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # killed during the third of four segments
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    kwargs = dict(num_steps=60, key=key, record_every=5, checkpoint_every=15)
+    monkeypatch.setattr(checkpoint, "run_agents", dying)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.RunCache(tmp_path, quiet=True).run_agents("train", opt, x0, oracle, **kwargs)
+    assert (tmp_path / "train.ckpt" / "done_000002").exists()
+    monkeypatch.setattr(checkpoint, "run_agents", original)
+    resumed = checkpoint.RunCache(tmp_path, quiet=True).run_agents(
+        "train", opt, x0, oracle, **kwargs
+    )
+    np.testing.assert_array_equal(resumed.metrics["params"], full.metrics["params"])
+    np.testing.assert_array_equal(resumed.steps, full.steps)
+    np.testing.assert_array_equal(resumed.params, full.params)
+    # Finished: the next call loads the stored result without running anything.
+    again = checkpoint.RunCache(tmp_path, quiet=True).run_agents("train", opt, x0, oracle, **kwargs)
+    np.testing.assert_array_equal(again.metrics["losses"], full.metrics["losses"])
