@@ -1,5 +1,6 @@
 """The discrete form: coupling rules as Optax transforms, named optimizers, the runner."""
 
+from . import asynchrony
 from .coupling import CouplingState, HeavyBallState, coupling, euler_optimizer, heavy_ball
 from .optimizers import (
     ElasticAveragingState,
@@ -14,6 +15,7 @@ from .oracles import landscape_oracle, sde_matched_oracle
 from .runner import RunResult, run_agents, tree_all_finite
 
 __all__ = [
+    "asynchrony",
     "CouplingState",
     "ElasticAveragingState",
     "HeavyBallState",

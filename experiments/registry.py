@@ -1,8 +1,24 @@
 """The experiments, in report order (an explicit tuple of modules, no import-time magic)."""
 
-from . import continuous_vs_discrete, noise_reduction
+from . import (
+    async_generalization,
+    continuous_vs_discrete,
+    decentralized,
+    delay_stability,
+    gem_scaling,
+    noise_reduction,
+    staleness_aware,
+)
 
-EXPERIMENTS = (noise_reduction, continuous_vs_discrete)
+EXPERIMENTS = (
+    noise_reduction,
+    continuous_vs_discrete,
+    delay_stability,
+    staleness_aware,
+    gem_scaling,
+    async_generalization,
+    decentralized,
+)
 
 
 def get(name: str):

@@ -1,0 +1,207 @@
+"""Two JAX processes on loopback agree with one process.
+
+`experiments.distributed.initialize` joins two fresh Python processes through a coordinator
+on 127.0.0.1 (settings from the `COUPLED_SGD_*` environment variables), with Gloo CPU
+collectives and two CPU devices each. Each process builds only its own half of the agents
+(`process_slice` + `agents_from_process_local`); a coupled EASGD run and a coupled SDE solve
+on the 4-device global mesh must equal the same runs in a single one-device process. Run
+this file as a script (`python tests/test_multiprocess.py OUT.npz`) for one process's side.
+Also checks the settings parser (flags, environment, SLURM) without starting processes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 120
+NUM_AGENTS, DIM = 8, 5
+
+
+def _compute() -> dict[str, np.ndarray]:
+    """The runs on `agent_mesh()`; under multi-process, each process supplies its agents."""
+    from experiments.distributed import initialize, process_slice
+
+    config = initialize(timeout_s=60)
+
+    import jax
+    import jax.random as jr
+
+    jax.config.update("jax_enable_x64", True)
+
+    from algorithms import easgd, landscape_oracle, run_agents
+    from algorithms.sharding import (
+        agent_mesh,
+        agents_from_process_local,
+        gather,
+        replicate,
+        sharded_oracle,
+    )
+    from dynamics.coupling import Quorum
+    from dynamics.landscapes import Quadratic
+    from dynamics.noise import IsotropicNoise
+    from dynamics.solve import solve
+    from dynamics.system import CoupledSystem
+
+    mesh = agent_mesh()
+    landscape = Quadratic(np.linspace(0.5, 2.0, DIM))
+    # Every process could draw all of x0; it takes only its own agents, as a data loader would.
+    x0 = np.asarray(jr.normal(jr.key(1), (NUM_AGENTS, DIM)))
+    params = agents_from_process_local(x0[process_slice(NUM_AGENTS)], mesh, NUM_AGENTS)
+    oracle = sharded_oracle(landscape_oracle(landscape, IsotropicNoise(0.5)), mesh)
+    run = run_agents(
+        easgd(0.05, 1.0), params, oracle, num_steps=40, key=replicate(jr.key(2), mesh),
+        record_every=10,
+    )  # fmt: skip
+    system = CoupledSystem(landscape, Quorum(1.0, 0.5), IsotropicNoise(0.3))
+    sol = solve(system, params, t1=0.5, dt=0.01, key=replicate(jr.key(3), mesh), saveat=6)
+    out = gather(
+        {
+            "easgd_params": run.params,
+            "easgd_records": run.metrics["params"],
+            "easgd_losses": run.metrics["losses"],
+            "sde_x": sol.x,
+            "sde_z": sol.aux,
+        }
+    )
+    out["processes"] = np.array(jax.process_count())
+    out["devices"] = np.array(jax.device_count())
+    out["process_id"] = np.array(-1 if config is None else config.process_id)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COUPLED_SGD_", "SLURM_"))}
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env.update(
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(REPO),
+        XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
+        **extra,
+    )
+    return env
+
+
+def _start(out: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, __file__, str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _wait_all(procs: list[subprocess.Popen], what: str) -> None:
+    """Wait for every process; on a timeout or a failure kill the rest and show their output."""
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        pass
+    failed = [p for p in procs if p.poll() is None or p.returncode != 0]
+    if failed:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        logs = "\n".join(f"--- process {i}:\n{p.communicate()[0]}" for i, p in enumerate(procs))
+        pytest.fail(f"{what}: a process timed out ({TIMEOUT_S} s) or failed\n{logs}")
+    for proc in procs:
+        proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multiprocess")
+    single = _start(tmp / "single.npz", _env(1))
+    _wait_all([single], "single-process reference")
+    port = str(_free_port())
+    procs = [
+        _start(
+            tmp / f"proc{i}.npz",
+            _env(
+                2,
+                COUPLED_SGD_COORDINATOR=f"127.0.0.1:{port}",
+                COUPLED_SGD_NUM_PROCESSES="2",
+                COUPLED_SGD_PROCESS_ID=str(i),
+            ),
+        )
+        for i in range(2)
+    ]
+    _wait_all(procs, "two processes on 127.0.0.1")
+    load = lambda name: dict(np.load(tmp / name))  # noqa: E731
+    return load("single.npz"), [load(f"proc{i}.npz") for i in range(2)]
+
+
+NAMES = ("easgd_params", "easgd_records", "easgd_losses", "sde_x", "sde_z")
+
+
+def test_two_processes_joined(runs):
+    single, procs = runs
+    assert int(single["processes"]) == 1 and int(single["devices"]) == 1
+    for i, proc in enumerate(procs):
+        assert int(proc["processes"]) == 2 and int(proc["devices"]) == 4
+        assert int(proc["process_id"]) == i
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_processes_equal_one(runs, name):
+    single, procs = runs
+    for proc in procs:
+        np.testing.assert_allclose(proc[name], single[name], rtol=1e-10, atol=1e-12)
+
+
+def test_config_from_flags_env_and_slurm():
+    from experiments.distributed import DistributedConfig, config_from_env, first_slurm_host
+
+    assert config_from_env(environ={}) is None
+    assert config_from_env(num_processes=1, environ={}) is None
+    env = {
+        "COUPLED_SGD_COORDINATOR": "10.0.0.1:1234",
+        "COUPLED_SGD_NUM_PROCESSES": "4",
+        "COUPLED_SGD_PROCESS_ID": "3",
+    }
+    assert config_from_env(environ=env) == DistributedConfig("10.0.0.1:1234", 4, 3)
+    # Arguments (flags) win over the environment.
+    assert config_from_env(process_id=1, environ=env) == DistributedConfig("10.0.0.1:1234", 4, 1)
+    slurm = {
+        "SLURM_NTASKS": "8",
+        "SLURM_PROCID": "5",
+        "SLURM_JOB_ID": "4097",
+        "SLURM_JOB_NODELIST": "gpu[017-020,031],login1",
+    }
+    assert config_from_env(environ=slurm) == DistributedConfig("gpu017:61441", 8, 5)
+    slurm["COUPLED_SGD_COORDINATOR_PORT"] = "5000"
+    assert config_from_env(environ=slurm).coordinator_address == "gpu017:5000"
+    assert first_slurm_host("node7") == "node7"
+    assert first_slurm_host("a1,b2") == "a1"
+    with pytest.raises(ValueError, match="no coordinator address"):
+        config_from_env(num_processes=2, process_id=0, environ={})
+    with pytest.raises(ValueError, match=r"process_id must be in \[0, 2\)"):
+        config_from_env("h:1", 2, 2, environ={})
+
+
+def test_process_slice():
+    from experiments.distributed import process_slice
+
+    assert process_slice(8, 2, 0) == slice(0, 4)
+    assert process_slice(8, 2, 1) == slice(4, 8)
+    assert process_slice(8) == slice(0, 8)  # a single process owns everything
+    with pytest.raises(ValueError, match="9 items cannot be split evenly over 2 processes"):
+        process_slice(9, 2, 0)
+
+
+if __name__ == "__main__":
+    np.savez(sys.argv[1], **_compute())
