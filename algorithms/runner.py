@@ -1,13 +1,15 @@
 """The multi-agent runner: `lax.scan` over steps with metrics recorded every k steps.
 
 One compiled loop: no host syncs inside, metrics accumulated in fixed-shape arrays, and
-divergence (a non-finite parameter or loss) detected and recorded with its step. After a
-divergence the state is frozen at the last finite values, so the recorded metrics never
-contain the NaNs of the blow-up; `diverged_step` says when it happened.
+divergence (a non-finite or huge parameter, or a non-finite loss) detected and recorded with
+its step. After a divergence the state is frozen at the last healthy record (the block of
+`record_every` steps that went bad is undone), so the recorded metrics never contain the
+NaNs of the blow-up; `diverged_step` says at which step it happened.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -108,49 +110,61 @@ def run_agents(
     if opt_state is None:
         opt_state = optimizer.init(params)
     return _run(
-        optimizer, params, opt_state, oracle, int(num_steps), key, int(record_every),
-        metrics_fn, float(divergence_threshold), int(start_step), int(diverged_step),
+        params, opt_state, key, jnp.int32(start_step), jnp.int32(diverged_step),
+        optimizer=optimizer, oracle=oracle, num_steps=int(num_steps),
+        record_every=int(record_every), metrics_fn=metrics_fn,
+        threshold=float(divergence_threshold),
     )  # fmt: skip
 
 
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "optimizer", "oracle", "num_steps", "record_every", "metrics_fn", "threshold",
+    ),
+)  # fmt: skip
 def _run(
-    optimizer, params, opt_state, oracle, num_steps, key, record_every, metrics_fn, threshold,
-    start_step, diverged_step,
+    params, opt_state, key, start_step, diverged_step, *, optimizer, oracle, num_steps,
+    record_every, metrics_fn, threshold,
 ):  # fmt: skip
-    @jax.jit
-    def go(params, opt_state, key):
-        def healthy(p, losses):
-            small = jnp.all(
-                jnp.stack([jnp.all(jnp.abs(x) < threshold) for x in jax.tree.leaves(p)])
-            )
-            return tree_all_finite(p) & jnp.all(jnp.isfinite(losses)) & small
+    # Compiled once per (optimizer, oracle, metrics_fn, sizes): repeated calls with the same
+    # objects, e.g. the segments of a checkpointed run, reuse the executable.
 
-        def step(carry, k):
-            params, opt_state, diverged_at = carry
-            losses, grads = oracle(params, key, k)
-            updates, new_state = optimizer.update(grads, opt_state, params, losses=losses)
-            new_params = optax.apply_updates(params, updates)
-            ok = healthy(new_params, losses) & (diverged_at < 0)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-            diverged_at = jnp.where((diverged_at < 0) & ~ok, k, diverged_at)
-            return (keep(new_params, params), keep(new_state, opt_state), diverged_at), None
+    def healthy(p, losses):
+        # |x| < threshold is False for NaN and ±inf too: one fused pass per leaf.
+        small = [jnp.all(jnp.abs(x) < threshold) for x in jax.tree.leaves(p)]
+        return jnp.all(jnp.stack(small)) & jnp.all(jnp.isfinite(losses))
 
-        def record(carry, r):
-            params, opt_state, _ = carry
-            losses, _ = oracle(params, key, start_step + r * record_every)
-            return metrics_fn(params, opt_state, losses)
+    def step(carry, k):
+        params, opt_state, first_bad = carry
+        losses, grads = oracle(params, key, k)
+        updates, opt_state = optimizer.update(grads, opt_state, params, losses=losses)
+        params = optax.apply_updates(params, updates)
+        bad = ~healthy(params, losses)
+        first_bad = jnp.where((first_bad < 0) & bad, k, first_bad)
+        return (params, opt_state, first_bad), None
 
-        def block(carry, r):
-            ks = (start_step + r * record_every + jnp.arange(record_every)).astype(jnp.int32)
-            carry, _ = jax.lax.scan(step, carry, ks)
-            return carry, record(carry, r + 1)
+    def record(params, opt_state, r):
+        losses, _ = oracle(params, key, start_step + r * record_every)
+        return metrics_fn(params, opt_state, losses)
 
-        carry = (params, opt_state, jnp.array(diverged_step, jnp.int32))
-        first = record(carry, 0)
-        n_blocks = num_steps // record_every
-        carry, rest = jax.lax.scan(block, carry, jnp.arange(n_blocks, dtype=jnp.int32))
-        metrics = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
-        steps = start_step + jnp.arange(n_blocks + 1) * record_every
-        return RunResult(carry[0], carry[1], steps, metrics, carry[2])
+    def block(carry, r):
+        params, opt_state, diverged_at = carry
+        ks = (start_step + r * record_every + jnp.arange(record_every)).astype(jnp.int32)
+        no_bad = jnp.array(-1, jnp.int32)
+        (new_params, new_state, first_bad), _ = jax.lax.scan(step, (params, opt_state, no_bad), ks)
+        # A block that went bad is undone as a whole: the state stays at the last healthy
+        # record, so no NaN reaches the metrics (one select per block, not per step).
+        ok = first_bad < 0
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        params, opt_state = keep(new_params, params), keep(new_state, opt_state)
+        diverged_at = jnp.where((diverged_at < 0) & ~ok, first_bad, diverged_at)
+        return (params, opt_state, diverged_at), record(params, opt_state, r + 1)
 
-    return go(params, opt_state, key)
+    first = record(params, opt_state, 0)
+    n_blocks = num_steps // record_every
+    carry = (params, opt_state, jnp.asarray(diverged_step, jnp.int32))
+    carry, rest = jax.lax.scan(block, carry, jnp.arange(n_blocks, dtype=jnp.int32))
+    metrics = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+    steps = start_step + jnp.arange(n_blocks + 1) * record_every
+    return RunResult(carry[0], carry[1], steps, metrics, carry[2])

@@ -5,13 +5,31 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import platform
 import sys
 from pathlib import Path
 
 import jax
 
-BENCHMARKS = ("bench_sde", "bench_async")
+BENCHMARKS = (
+    "bench_sde",
+    "bench_sde_peers",
+    "bench_training",
+    "bench_async",
+    "bench_memory",
+    "bench_scaling",
+)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:
@@ -20,7 +38,8 @@ def machine() -> dict:
         "platform": dev.platform,
         "device": dev.device_kind,
         "device_count": jax.device_count(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "jax": jax.__version__,
     }
@@ -38,6 +57,9 @@ def main(argv: list[str]) -> int:
         summary = {k: v for k, v in result.items() if k not in ("timings", "machine")}
         print(f"{name}: {json.dumps(summary)}")
     print(f"machine: {info}; JSON in {out_dir}")
+    from . import plot
+
+    print(plot.main(out_dir))
     return 0
 
 

@@ -39,7 +39,7 @@ def _setup(batch_size: int, hidden: tuple[int, ...]):
     return grad_fn, params
 
 
-def main(argv=None) -> dict:
+def main(argv=()) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000, help="gradients per timed run")
     parser.add_argument("--workers", type=int, default=16, help="pool size W")

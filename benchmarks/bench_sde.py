@@ -56,7 +56,7 @@ def main(repeats: int = 5, steps: int = STEPS) -> dict:
         "steps": steps,
         "timings": timings,
         "ratio_diffrax_over_scan": ratio,
-        "goal_ratio_max": 1.5,
-        "goal_met": ratio <= 1.5,
+        "goal_ratio_max": 1.3,
+        "goal_met": ratio <= 1.3,
         "max_abs_diff_between_paths": max_diff,
     }

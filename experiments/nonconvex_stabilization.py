@@ -152,19 +152,24 @@ def simulate(
     form: str,
     config,
     key: jax.Array,
+    start_halfwidth: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Final spatial means of `runs` independent runs for every (σ, rule setting).
 
     `rule` is a template; `eqx.tree_at(where, rule, g)` sets the swept field(s) from each
     entry `g` of `grid` (a pytree with leading axis G), all under one compilation. All agents
-    start at the minimizer. Returns `success`, `loss` (f(x̄(T))) and `diverged` (bool), each of
-    shape `(S, G, R)`.
+    start at the minimizer, or with `start_halfwidth > 0` each agent of each run at a uniform
+    random point of the box `x* ± start_halfwidth` (the same starts for every σ and g).
+    Returns `success`, `loss` (f(x̄(T))) and `diverged` (bool), each of shape `(S, G, R)`.
     """
-    x0 = jnp.broadcast_to(jnp.asarray(land.minimizer()), (n_agents, land.dim))
+    centre = jnp.broadcast_to(jnp.asarray(land.minimizer()), (n_agents, land.dim))
     keys = jax.random.split(key, config.runs)
     template = CoupledSystem(land, rule, SweptNoise(1.0), learning_rate=config.learning_rate)
 
     def one(sigma, g, k):
+        k_start, k = jax.random.split(k)
+        offset = jax.random.uniform(k_start, centre.shape, minval=-1.0, maxval=1.0)
+        x0 = centre + start_halfwidth * offset
         system = eqx.tree_at(lambda s: s.noise.sigma, template, sigma)
         system = eqx.tree_at(lambda s: where(s.coupling), system, g)
         if form == "continuous":
@@ -174,9 +179,13 @@ def simulate(
             h = config.step_size
             steps = round(config.time / h)
             res = run_agents(
-                euler_optimizer(system, h), x0, sde_matched_oracle(system, h),
-                num_steps=steps, key=k, record_every=steps,
-            )  # fmt: skip
+                euler_optimizer(system, h),
+                x0,
+                sde_matched_oracle(system, h),
+                num_steps=steps,
+                key=k,
+                record_every=steps,
+            )
             x, diverged = res.params, res.diverged_step >= 0
         mean = jnp.mean(x, axis=0)
         ok = land.in_global_basin(mean) & ~diverged
@@ -213,9 +222,16 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
             for ni, n in enumerate(config.agent_counts):
                 k = jax.random.fold_in(key, 100 * li + 10 * fi + ni)
                 res = simulate(
-                    land, MeanField(0.0), lambda r: r.gain, jnp.asarray(gains),
-                    sigmas(name, config), int(n), form, config, k,
-                )  # fmt: skip
+                    land,
+                    MeanField(0.0),
+                    lambda r: r.gain,
+                    jnp.asarray(gains),
+                    sigmas(name, config),
+                    int(n),
+                    form,
+                    config,
+                    k,
+                )
                 success.append(res["success"])
                 loss.append(res["loss"])
                 diverged.append(res["diverged"])
@@ -241,17 +257,28 @@ def _analysis(results, name):
     uncoupled = sde[:, :, 0].max(0)  # best uncoupled per σ
     coupled = sde[:, :, 1:]
     failing = np.flatnonzero(uncoupled < FAIL_LEVEL)
-    a = {"sigma": np.nan, "n": -1, "k": np.nan, "gain_sde": np.nan, "gain_discrete": np.nan,
-         "uncoupled": np.nan, "coupled": np.nan}  # fmt: skip
+    a = {
+        "sigma": np.nan,
+        "n": -1,
+        "k": np.nan,
+        "gain_sde": np.nan,
+        "gain_discrete": np.nan,
+        "uncoupled": np.nan,
+        "coupled": np.nan,
+    }
     if failing.size:
         gain = coupled[:, failing] - uncoupled[failing][None, :, None]
         ni, si, ki = np.unravel_index(np.argmax(gain), gain.shape)
         s = failing[si]
         a.update(
-            sigma=sig[s], n=int(results["agent_counts"][ni]), k=results["gains"][ki + 1],
-            gain_sde=gain[ni, si, ki], uncoupled=uncoupled[s], coupled=coupled[ni, s, ki],
+            sigma=sig[s],
+            n=int(results["agent_counts"][ni]),
+            k=results["gains"][ki + 1],
+            gain_sde=gain[ni, si, ki],
+            uncoupled=uncoupled[s],
+            coupled=coupled[ni, s, ki],
             gain_discrete=disc[ni, s, ki + 1] - disc[:, s, 0].max(),
-        )  # fmt: skip
+        )
 
     def stable(success):
         ok = np.flatnonzero(success >= STABLE_LEVEL)
@@ -326,12 +353,24 @@ def plot(results, config):
                         ax.fill_between(sig, lo, hi, color=color, alpha=0.15)
                     f = results[f"loss_{name}_{form}"][ni, :, ki]
                     se = results[f"loss_se_{name}_{form}"][ni, :, ki]
-                    ax2.errorbar(sig, f, yerr=1.96 * se, fmt=style, marker="o", ms=3,
-                                 color=color, label=label)  # fmt: skip
+                    ax2.errorbar(
+                        sig,
+                        f,
+                        yerr=1.96 * se,
+                        fmt=style,
+                        marker="o",
+                        ms=3,
+                        color=color,
+                        label=label,
+                    )
                 if n == 1:
                     break  # k has no effect on one agent
-            ax.set(xlabel="noise σ", ylabel="P(x̄(T) in global basin)", ylim=(-0.02, 1.02),
-                   title=f"N={n}")  # fmt: skip
+            ax.set(
+                xlabel="noise σ",
+                ylabel="P(x̄(T) in global basin)",
+                ylim=(-0.02, 1.02),
+                title=f"N={n}",
+            )
             ax2.axhline(float(results[f"f_star_{name}"]), color="k", lw=0.8, ls=":")
             ax2.set(xlabel="noise σ", ylabel="E f(x̄(T))", title=f"N={n}")
             ax.legend(fontsize=7, title="solid: SDE, dashed: optimizer", title_fontsize=7)

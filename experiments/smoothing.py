@@ -72,8 +72,9 @@ class Config:
         if self.burn_in < 0:
             raise ValueError(f"burn_in must be >= 0, got {self.burn_in}")
         if not self.agent_counts or min(self.agent_counts) < 2:
-            raise ValueError(f"agent_counts must be >= 2 (a spread needs two agents), got "
-                             f"{self.agent_counts}")  # fmt: skip
+            raise ValueError(
+                f"agent_counts must be >= 2 (a spread needs two agents), got {self.agent_counts}"
+            )
         if len(self.gains) < 2 or min(self.gains) < 0:
             raise ValueError(f"need >= 2 gains, all >= 0, got {self.gains}")
         if self.runs < 2:
@@ -140,9 +141,14 @@ def _spread_discrete(config, n_agents, key):
 
         def run(k):
             res = run_agents(
-                euler_optimizer(system, h), x0, sde_matched_oracle(system, h),
-                num_steps=total, key=k, record_every=every, metrics_fn=metrics_fn,
-            )  # fmt: skip
+                euler_optimizer(system, h),
+                x0,
+                sde_matched_oracle(system, h),
+                num_steps=total,
+                key=k,
+                record_every=every,
+                metrics_fn=metrics_fn,
+            )
             return res.metrics["spread"][first + 1 :].mean()
 
         return jax.vmap(run)(keys)
@@ -162,11 +168,13 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
     for label, h in (("", None), ("_euler", config.step_size)):
         out[f"theory_spread{label}"] = np.array(
             [
-                [float(theory.stationary_moments(_system(config, g), int(n), h).spread[0])
-                 for g in gains]
+                [
+                    float(theory.stationary_moments(_system(config, g), int(n), h).spread[0])
+                    for g in gains
+                ]
                 for n in ns
             ]
-        )  # fmt: skip
+        )
     out["sgd_variance"] = np.asarray(
         theory.uncoupled_variance(config.sigma, config.learning_rate, _curvature())
     )
@@ -229,17 +237,38 @@ def plot(results, config):
     for ni, n in enumerate(ns):
         c = f"C{ni}"
         ax1.plot(x_gains, results["theory_spread"][ni], "-", color=c, label=f"N={n}: theory")
-        ax1.plot(x_gains, results["theory_spread_euler"][ni], ":", color=c,
-                 label=f"N={n}: theory, Euler h={config.step_size:g}")  # fmt: skip
+        ax1.plot(
+            x_gains,
+            results["theory_spread_euler"][ni],
+            ":",
+            color=c,
+            label=f"N={n}: theory, Euler h={config.step_size:g}",
+        )
         for form, marker in zip(FORMS, ("o", "s")):
             s = results[f"spread_{form}"][ni]
-            ax1.errorbar(x_gains, s[:, 0], yerr=1.96 * s[:, 1], fmt=marker, mfc="none", color=c,
-                         label=f"N={n}: {'SDE' if form == 'continuous' else 'optimizer'}")  # fmt: skip
-    ax1.axhline(float(results["sgd_variance"]), color="k", ls="--", lw=0.8,
-                label="Var of one SGD agent σ²/(2ηa)")  # fmt: skip
-    ax1.set(xscale="log", yscale="log", xlabel="coupling gain k (1/time; k=0 drawn at left)",
-            ylabel="smoothing width D = E(1/N)Σ(x_i − x̄)²",
-            title="Spread around x̄ (bars: 95% CI)")  # fmt: skip
+            ax1.errorbar(
+                x_gains,
+                s[:, 0],
+                yerr=1.96 * s[:, 1],
+                fmt=marker,
+                mfc="none",
+                color=c,
+                label=f"N={n}: {'SDE' if form == 'continuous' else 'optimizer'}",
+            )
+    ax1.axhline(
+        float(results["sgd_variance"]),
+        color="k",
+        ls="--",
+        lw=0.8,
+        label="Var of one SGD agent σ²/(2ηa)",
+    )
+    ax1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="coupling gain k (1/time; k=0 drawn at left)",
+        ylabel="smoothing width D = E(1/N)Σ(x_i − x̄)²",
+        title="Spread around x̄ (bars: 95% CI)",
+    )
     ax1.legend(fontsize=6)
 
     # The smoothed loss keeps the wells with depth e^{−2π²D} of the original: the fraction of
@@ -249,16 +278,28 @@ def plot(results, config):
 
     for ni, n in enumerate(ns):
         c = f"C{ni}"
-        ax2.plot(x_gains, removed(results["theory_spread"][ni]), "-", color=c,
-                 label=f"N={n}: theory")  # fmt: skip
+        ax2.plot(
+            x_gains, removed(results["theory_spread"][ni]), "-", color=c, label=f"N={n}: theory"
+        )
         s = results["spread_continuous"][ni]
-        ax2.errorbar(x_gains, removed(s[:, 0]), yerr=removed(s[:, 0] + 1.96 * s[:, 1])
-                     - removed(s[:, 0]), fmt="o", mfc="none", color=c, label=f"N={n}: SDE")  # fmt: skip
-    ax2.axhline(removed(float(results["sgd_variance"])), color="k", ls="--", lw=0.8,
-                label="one SGD agent")  # fmt: skip
-    ax2.set(xscale="log", xlabel="coupling gain k (1/time; k=0 drawn at left)",
-            ylabel="barrier fraction smoothed away, 1 − e^{−2π²D}",
-            title="How much of each well the mean no longer sees")  # fmt: skip
+        ax2.errorbar(
+            x_gains,
+            removed(s[:, 0]),
+            yerr=removed(s[:, 0] + 1.96 * s[:, 1]) - removed(s[:, 0]),
+            fmt="o",
+            mfc="none",
+            color=c,
+            label=f"N={n}: SDE",
+        )
+    ax2.axhline(
+        removed(float(results["sgd_variance"])), color="k", ls="--", lw=0.8, label="one SGD agent"
+    )
+    ax2.set(
+        xscale="log",
+        xlabel="coupling gain k (1/time; k=0 drawn at left)",
+        ylabel="barrier fraction smoothed away, 1 − e^{−2π²D}",
+        title="How much of each well the mean no longer sees",
+    )
     ax2.legend(fontsize=7)
     fig.suptitle(
         f"f = x²/20 + sin²(πx), agents from x*=0, all-to-all coupling, σ={config.sigma:g}, "

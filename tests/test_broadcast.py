@@ -54,9 +54,12 @@ def _both_forms(system, x0, key):
     """(Euler–Maruyama path, optimizer path), each `(STEPS + 1, N, dim)`."""
     sol = solve(system, x0, t1=STEPS * STEP, dt=STEP, key=key, saveat=STEPS + 1)
     res = run_agents(
-        euler_optimizer(system, STEP), x0, sde_matched_oracle(system, STEP),
-        num_steps=STEPS, key=key,
-    )  # fmt: skip
+        euler_optimizer(system, STEP),
+        x0,
+        sde_matched_oracle(system, STEP),
+        num_steps=STEPS,
+        key=key,
+    )
     assert int(res.diverged_step) == -1
     return np.asarray(sol.x), np.asarray(res.metrics["params"])
 
@@ -148,7 +151,7 @@ def test_rules_under_jit_match_eager(name, make, getkey):
     losses = jax.random.uniform(getkey(), (N_AGENTS,))
     aux = rule.init(x)
     eager = (rule.force(x, aux, losses), rule.aux_drift(x, aux, losses, None))
-    jitted = eqx.filter_jit(lambda r, x, a, l: (r.force(x, a, l), r.aux_drift(x, a, l, None)))(
+    jitted = eqx.filter_jit(lambda r, x, a, ls: (r.force(x, a, ls), r.aux_drift(x, a, ls, None)))(
         rule, x, aux, losses
     )
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
@@ -179,9 +182,13 @@ def test_named_optimizer_with_minibatch_style_losses(name, make, getkey):
     f = Rastrigin(2)
     x0 = jax.random.uniform(getkey(), (4, 2), minval=-2, maxval=2)
     res = run_agents(
-        coupled_sgd(make(), 0.01), x0, landscape_oracle(f, IsotropicNoise(0.5), scale=5.0),
-        num_steps=200, key=getkey(), record_every=50,
-    )  # fmt: skip
+        coupled_sgd(make(), 0.01),
+        x0,
+        landscape_oracle(f, IsotropicNoise(0.5), scale=5.0),
+        num_steps=200,
+        key=getkey(),
+        record_every=50,
+    )
     assert int(res.diverged_step) == -1
     assert np.all(np.isfinite(res.params))
 

@@ -198,7 +198,8 @@ def test_shard_agents_replicates_leaves_without_agent_axis():
     from algorithms.sharding import agent_mesh, shard_agents
 
     mesh = agent_mesh(1)
-    tree = shard_agents({"x": np.ones((8, 3)), "z": np.ones(3), "k": np.int32(0)}, mesh, num_agents=8)
+    tree = {"x": np.ones((8, 3)), "z": np.ones(3), "k": np.int32(0)}
+    tree = shard_agents(tree, mesh, num_agents=8)
     assert tree["x"].sharding.spec == P("agents")
     assert tree["z"].sharding.spec == P() and tree["k"].sharding.spec == P()
 

@@ -1,0 +1,246 @@
+"""Discrete multi-agent training: EASGD on N MLPs (MNIST-1D), agent-steps per second.
+
+Contenders, each doing the same work per step (every agent draws a minibatch of `BATCH`
+examples with replacement, computes its cross-entropy gradient, and takes the EASGD step
+`x_i ← x_i − η(g_i + ρ(x_i − x̃))`, `x̃ ← x̃ + ηρ Σ_i (x_i − x̃)`):
+
+- `jax`: this project — `run_agents(easgd(η, ρ), …, minibatch_oracle(…))`, one compiled
+  `lax.scan` over steps, `vmap` over agents (agent axis sharded if several devices);
+- `torch_loop`: the loop most researchers write — N separate `nn.Module`s and
+  `torch.optim.SGD`s, a Python loop over agents, the elastic force added to `.grad`;
+- `torch_vmap`: `torch.func` — `vmap(grad(functional_call))` over stacked parameters.
+
+Model: MLP 40 → 100 → 100 → 10 (15,210 parameters), batch 32, η = 0.05, ρ = 1.
+For each N the contenders run in alternation (`time_alternating`); a JAX run does about
+`AGENT_STEPS` agent-steps, a PyTorch run about `TORCH_AGENT_STEPS` (rates are per agent-step,
+so the counts need not match; PyTorch has no compile cost to amortize). PyTorch runs with one
+intra-op thread and with its default; the speed-up is taken against the faster of the two,
+because on a shared, loaded machine PyTorch's thread pool can lose 5-10× to contention.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from algorithms import easgd, run_agents
+from algorithms.sharding import agent_mesh, shard_agents
+from experiments.tasks import MLP, init_stacked, load_mnist1d, minibatch_oracle
+
+from .timing import time_alternating
+
+HIDDEN = (100, 100)
+BATCH = 32
+LEARNING_RATE, RHO = 0.05, 1.0
+AGENTS = (1, 8, 64, 256)
+AGENT_STEPS = 4096  # per timed JAX run
+TORCH_AGENT_STEPS = 512  # per timed PyTorch run
+GOALS = {"torch_loop": 30.0, "torch_vmap": 1.5}  # speed-up of jax at N = GOAL_AGENTS
+GOAL_AGENTS = 64
+
+
+def num_steps_for(num_agents: int, agent_steps: int = AGENT_STEPS) -> int:
+    """Steps of a timed run: about `agent_steps / N`, at least 4."""
+    return max(agent_steps // num_agents, 4)
+
+
+def params_per_agent(hidden=HIDDEN, inputs: int = 40, classes: int = 10) -> int:
+    widths = (inputs, *hidden, classes)
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def flops_per_agent_step(hidden=HIDDEN, batch: int = BATCH) -> float:
+    """≈ 6 × (matmul parameters) × batch: forward 2, backward 4 FLOPs per weight and example."""
+    return 6.0 * params_per_agent(hidden) * batch
+
+
+def jax_training(num_agents: int, num_steps: int, hidden=HIDDEN, batch: int = BATCH):
+    """A zero-argument callable running `num_steps` EASGD steps of N agents (compiled once).
+
+    The agent axis is sharded over all local devices when N is divisible by their number.
+    Returns the final mean loss (a device array) so the timing blocks on the whole run.
+    """
+    data = load_mnist1d()
+    model = MLP(hidden=hidden, num_classes=data.num_classes)
+    oracle = minibatch_oracle(model, data.x_train, data.y_train, batch)
+    params = init_stacked(model, jax.random.key(0), num_agents, data.x_train[:2], same_init=True)
+    devices = jax.local_device_count()
+    if devices > 1 and num_agents % devices == 0:
+        params = shard_agents(params, agent_mesh(devices, jax.local_devices()))
+    optimizer = easgd(LEARNING_RATE, RHO)
+
+    # One outer jit: `run_agents` builds its jitted loop per call, so calling it directly
+    # would retrace and recompile on every timed repetition.
+    @jax.jit
+    def run(params, key):
+        result = run_agents(
+            optimizer, params, oracle, num_steps=num_steps, key=key, record_every=num_steps,
+            metrics_fn=lambda p, s, losses: {"loss": jnp.mean(losses)},
+        )  # fmt: skip
+        return result.metrics["loss"][-1]
+
+    key = jax.random.key(1)
+    return lambda: run(params, key)
+
+
+def _torch_data(torch):
+    data = load_mnist1d()
+    return torch.from_numpy(data.x_train), torch.from_numpy(data.y_train).long()
+
+
+def _torch_mlp(torch, hidden=HIDDEN):
+    layers, width = [], 40
+    for h in hidden:
+        layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+        width = h
+    return torch.nn.Sequential(*layers, torch.nn.Linear(width, 10))
+
+
+def torch_loop_training(num_agents: int, num_steps: int, hidden=HIDDEN, batch: int = BATCH):
+    """PyTorch, a Python loop over N models and N `torch.optim.SGD` optimizers."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x, y = _torch_data(torch)
+    first = _torch_mlp(torch, hidden)
+    models = [_torch_mlp(torch, hidden) for _ in range(num_agents)]
+    for m in models:
+        m.load_state_dict(first.state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=LEARNING_RATE) for m in models]
+    center = [p.detach().clone() for p in first.parameters()]
+
+    def run():
+        for _ in range(num_steps):
+            pulls = [torch.zeros_like(c) for c in center]
+            for model, opt in zip(models, opts):
+                idx = torch.randint(0, len(y), (batch,))
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                with torch.no_grad():
+                    for p, c, pull in zip(model.parameters(), center, pulls):
+                        diff = p - c
+                        p.grad.add_(diff, alpha=RHO)
+                        pull.add_(diff)
+                opt.step()
+            with torch.no_grad():
+                for c, pull in zip(center, pulls):
+                    c.add_(pull, alpha=LEARNING_RATE * RHO)
+        return loss.item()
+
+    return run
+
+
+def torch_vmap_training(num_agents: int, num_steps: int, hidden=HIDDEN, batch: int = BATCH):
+    """PyTorch `torch.func`: `vmap(grad(functional_call))` over stacked parameters."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad_and_value, vmap
+
+    torch.manual_seed(0)
+    x, y = _torch_data(torch)
+    base = _torch_mlp(torch, hidden)
+    params = {
+        k: v.detach().unsqueeze(0).repeat(num_agents, *([1] * v.ndim)).contiguous()
+        for k, v in base.named_parameters()
+    }
+    center = {k: v.mean(0) for k, v in params.items()}
+
+    def loss_fn(p, xb, yb):
+        return F.cross_entropy(functional_call(base, p, (xb,)), yb)
+
+    grads_fn = vmap(grad_and_value(loss_fn))
+
+    def run():
+        with torch.no_grad():
+            for _ in range(num_steps):
+                idx = torch.randint(0, len(y), (num_agents, batch))
+                grads, losses = grads_fn(params, x[idx], y[idx])
+                for k in params:
+                    diff = params[k] - center[k]
+                    center[k].add_(diff.sum(0), alpha=LEARNING_RATE * RHO)
+                    params[k].sub_(grads[k] + RHO * diff, alpha=LEARNING_RATE)
+        return losses.mean().item()
+
+    return run
+
+
+def torch_status() -> str | None:
+    """None if PyTorch can be imported, else why the PyTorch contenders are skipped."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "skipped: torch not installed (pip install -e '.[bench]')"
+    return None
+
+
+def _with_threads(torch, threads: int, fn):
+    def run():
+        torch.set_num_threads(threads)
+        return fn()
+
+    return run
+
+
+def main(
+    repeats: int = 3,
+    agents=AGENTS,
+    agent_steps: int = AGENT_STEPS,
+    torch_agent_steps: int = TORCH_AGENT_STEPS,
+) -> dict:
+    skipped = torch_status()
+    if skipped is None:
+        import torch
+
+        default_threads = torch.get_num_threads()
+        thread_options = sorted({1, default_threads})
+    per_n = {}
+    for n in agents:
+        steps = {"jax": num_steps_for(n, agent_steps)}
+        contenders = {"jax": jax_training(n, steps["jax"])}
+        if skipped is None:
+            torch_steps = max(torch_agent_steps // n, 2)
+            for threads in thread_options:
+                for name, build in (
+                    ("torch_loop", torch_loop_training),
+                    ("torch_vmap", torch_vmap_training),
+                ):
+                    label = f"{name}[{threads}t]"
+                    steps[label] = torch_steps
+                    contenders[label] = _with_threads(torch, threads, build(n, torch_steps))
+        timings = time_alternating(contenders, repeats)
+        if skipped is None:
+            torch.set_num_threads(default_threads)
+        rates = {k: n * steps[k] / v["median_s"] for k, v in timings.items()}
+        best = {"jax": rates["jax"]}
+        for name in GOALS if skipped is None else ():
+            best[name] = max(r for k, r in rates.items() if k.startswith(name + "["))
+        per_n[str(n)] = {
+            "steps": steps,
+            "timings": timings,
+            "agent_steps_per_s": rates,
+            "best_agent_steps_per_s": best,
+            "speedup_jax_over": {k: best["jax"] / r for k, r in best.items() if k != "jax"},
+        }
+        line = ", ".join(f"{k} {r:,.0f}" for k, r in rates.items())
+        print(f"  training N={n} (agent-steps/s): {line}", flush=True)
+    result = {
+        "benchmark": "training_easgd_mlp_mnist1d",
+        "model": f"MLP{(40, *HIDDEN, 10)}, {params_per_agent()} params, batch {BATCH}",
+        "agents": list(agents),
+        "per_agents": per_n,
+        "goal_agents": GOAL_AGENTS,
+        "goals_speedup_min": GOALS,
+    }
+    if skipped is not None:
+        result["torch"] = skipped
+        result["goal_met"] = {k: skipped for k in GOALS}
+    else:
+        result["torch"] = f"torch {torch.__version__}, threads {thread_options} (best used)"
+        at_goal = per_n.get(str(GOAL_AGENTS))
+        result["goal_met"] = {
+            k: (at_goal["speedup_jax_over"][k] >= g) if at_goal else "not measured"
+            for k, g in GOALS.items()
+        }
+    return result
