@@ -62,6 +62,7 @@ def run_agents(
     opt_state: PyTree | None = None,
     start_step: int = 0,
     diverged_step: int = -1,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> RunResult:
     """Run `optimizer` on N stacked agents for `num_steps` steps of `oracle` gradients.
 
@@ -85,6 +86,12 @@ def run_agents(
             checkpoint): its optimizer state, the index of the next step, and its
             `diverged_step`. Running k steps and then n − k more from the saved state gives
             the same numbers as running n steps at once.
+        mesh: a mesh with an `"agents"` axis (`algorithms.sharding.agent_mesh`): the agent
+            axis is split across its devices and collective terms become all-reduces.
+            Default: the ambient mesh of `jax.set_mesh(...)` if it has an `"agents"` axis
+            (the experiments CLI sets one from `--devices`), used for calls outside `jit`/
+            `vmap` when N is divisible by its size. Placement never changes the numbers
+            beyond float reassociation.
 
     Returns:
         A `RunResult` (records have leading axis `num_steps // record_every + 1`).
@@ -109,12 +116,35 @@ def run_agents(
         raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}")
     if opt_state is None:
         opt_state = optimizer.init(params)
+    params, opt_state, oracle = _place_on_mesh(mesh, params, opt_state, oracle, min(n_agents))
     return _run(
         params, opt_state, key, jnp.int32(start_step), jnp.int32(diverged_step),
         optimizer=optimizer, oracle=oracle, num_steps=int(num_steps),
         record_every=int(record_every), metrics_fn=metrics_fn,
         threshold=float(divergence_threshold),
     )  # fmt: skip
+
+
+def _place_on_mesh(mesh, params, opt_state, oracle, n_agents):
+    from . import sharding  # local import: sharding is optional machinery
+
+    explicit = mesh is not None
+    concrete = not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params))
+    if mesh is None:
+        try:
+            mesh = jax.sharding.get_mesh()
+        except ValueError:  # inside jit/vmap the ambient mesh is not readable; leave to XLA
+            return params, opt_state, oracle
+        if mesh.empty or sharding.AGENT_AXIS not in mesh.axis_names:
+            return params, opt_state, oracle
+        if mesh.devices.size == 1 or n_agents % mesh.devices.size:
+            return params, opt_state, oracle
+    if explicit:
+        sharding.check_divisible(n_agents, mesh)
+    if concrete:  # under vmap/jit the oracle's constraints do the placement
+        params = sharding.shard_agents(params, mesh, num_agents=n_agents)
+        opt_state = sharding.shard_agents(opt_state, mesh, num_agents=n_agents)
+    return params, opt_state, sharding.sharded_oracle(oracle, mesh)
 
 
 @functools.partial(

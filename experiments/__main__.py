@@ -11,6 +11,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import jax  # noqa: E402
+
+from algorithms.sharding import agent_mesh  # noqa: E402
+
+from . import distributed  # noqa: E402
 from .config import ConfigError, apply_overrides, describe, parse_overrides  # noqa: E402
 from .registry import EXPERIMENTS, get  # noqa: E402
 from .report import write_report  # noqa: E402
@@ -27,10 +32,12 @@ def make_config(module, quick: bool, overrides: dict[str, str]):
 
 def _run_one(module, args) -> bool:
     config = make_config(module, args.quick, parse_overrides(args.set or []))
-    metrics, reused = run_experiment(
-        module, config, seed=args.seed, quick=args.quick, out=Path(args.out), force=args.force,
-        quiet=args.quiet,
-    )  # fmt: skip
+    # The agent axis goes on every device chosen (default all): run_agents reads this mesh.
+    with jax.set_mesh(agent_mesh(args.devices)):
+        metrics, reused = run_experiment(
+            module, config, seed=args.seed, quick=args.quick, out=Path(args.out),
+            force=args.force, quiet=args.quiet,
+        )  # fmt: skip
     ok = all(c["holds"] for c in metrics["claims"])
     state = "reused" if reused else f"{metrics['wall_seconds']:.1f} s"
     print(f"{module.NAME}: {state}; claims {'all hold' if ok else 'NOT ALL HOLD'}")
@@ -54,6 +61,7 @@ def main(argv=None) -> int:
     )
     common.add_argument("--force", action="store_true", help="rerun even if a finished run exists")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
+    distributed.add_arguments(common)
     run = sub.add_parser("run", parents=[common], help="run one experiment")
     run.add_argument("name")
     sub.add_parser("all", parents=[common], help="run every experiment, then the report")
@@ -75,6 +83,9 @@ def main(argv=None) -> int:
             print(config_help(module))
             return 0
     args = parser.parse_args(argv)
+    if args.command in ("run", "all"):
+        # Multi-host: a no-op for one process; must come before any other JAX work.
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         if args.command == "list":
             for m in EXPERIMENTS:
