@@ -14,6 +14,7 @@ puts the coupling force through the momentum trace, as in momentum quorum SGD.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -42,7 +43,7 @@ class CouplingState(NamedTuple):
 
 def _check_rate(name: str, value: float, allow_zero: bool = False) -> float:
     v = float(value)
-    if not jnp.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return v
 

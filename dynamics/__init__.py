@@ -5,6 +5,7 @@ quorum variable `z`, velocities `v_i`, learning rate `η`, noise `σ`, continuou
 """
 
 from . import theory
+from .broadcast import Leader, LossWeightedGains, SuccessWeightedQuorum, success_weights
 from .brownian import StepBrownianPath, step_normal
 from .coupling import (
     AbstractCoupling,
@@ -36,6 +37,8 @@ __all__ = [
     "CovarianceNoise",
     "DiagonalNoise",
     "IsotropicNoise",
+    "Leader",
+    "LossWeightedGains",
     "LogCoshQuadratic",
     "MeanField",
     "Quadratic",
@@ -44,6 +47,7 @@ __all__ = [
     "Solution",
     "StateDependentNoise",
     "StepBrownianPath",
+    "SuccessWeightedQuorum",
     "TiltedMultiWell",
     "Uncoupled",
     "agent_mean",
@@ -51,6 +55,7 @@ __all__ = [
     "solve",
     "solve_runs",
     "step_normal",
+    "success_weights",
     "terms",
     "theory",
     "toward",

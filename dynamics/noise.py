@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
@@ -51,24 +52,32 @@ class AbstractNoise(eqx.Module):
 
 
 class IsotropicNoise(AbstractNoise):
-    """Additive isotropic noise `σ I` (σ >= 0); `σ = 0` gives the ODE."""
+    """Additive isotropic noise `σ I` (σ >= 0); `σ = 0` gives the ODE.
 
-    sigma: float = eqx.field(static=True)
+    σ is a pytree leaf, so a sweep over σ can be `jax.vmap`-ed (e.g. with `eqx.tree_at`)
+    under one compilation; a traced σ is not validated and counts as nonzero (`is_zero`).
+    """
 
-    def __init__(self, sigma: float):
-        if not np.isfinite(sigma) or sigma < 0:
-            raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
-        self.sigma = float(sigma)
+    sigma: jax.Array
+
+    def __init__(self, sigma):
+        if not isinstance(sigma, jax.core.Tracer):
+            value = np.asarray(sigma, dtype=float)
+            if value.ndim or not np.isfinite(value) or value < 0:
+                raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        self.sigma = jnp.asarray(sigma, dtype=jnp.result_type(float))
 
     def apply(self, x, n):
         del x
         return self.sigma * n
 
     def covariance(self, dim):
-        return self.sigma**2 * np.eye(dim)
+        return float(self.sigma) ** 2 * np.eye(dim)
 
     def is_zero(self):
-        return self.sigma == 0.0
+        if isinstance(self.sigma, jax.core.Tracer):
+            return False
+        return bool(self.sigma == 0.0)
 
 
 class DiagonalNoise(AbstractNoise):

@@ -2,17 +2,27 @@
 
 from . import (
     async_generalization,
+    broadcast_success,
     continuous_vs_discrete,
+    convex_bounds,
     decentralized,
     delay_stability,
+    easgd_regularization,
     gem_scaling,
     noise_reduction,
+    nonconvex_stabilization,
+    smoothing,
     staleness_aware,
 )
 
 EXPERIMENTS = (
     noise_reduction,
     continuous_vs_discrete,
+    nonconvex_stabilization,
+    convex_bounds,
+    smoothing,
+    broadcast_success,
+    easgd_regularization,
     delay_stability,
     staleness_aware,
     gem_scaling,
