@@ -88,9 +88,9 @@ def run_agents(
             the same numbers as running n steps at once.
         mesh: a mesh with an `"agents"` axis (`algorithms.sharding.agent_mesh`): the agent
             axis is split across its devices and collective terms become all-reduces.
-            Default: the ambient mesh of `jax.set_mesh(...)` if it has an `"agents"` axis
-            (the experiments CLI sets one from `--devices`), used for calls outside `jit`/
-            `vmap` when N is divisible by its size. Placement never changes the numbers
+            Default: the mesh of an enclosing `algorithms.sharding.use_agent_mesh(...)` (the
+            experiments CLI sets one from `--devices`), used for calls outside `jit`/`vmap`
+            when N is divisible by its size. Placement never changes the numbers
             beyond float reassociation.
 
     Returns:
@@ -131,13 +131,11 @@ def _place_on_mesh(mesh, params, opt_state, oracle, n_agents):
     explicit = mesh is not None
     concrete = not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params))
     if mesh is None:
-        try:
-            mesh = jax.sharding.get_mesh()
-        except ValueError:  # inside jit/vmap the ambient mesh is not readable; leave to XLA
+        mesh = sharding.current_agent_mesh()
+        # Inside jit/vmap, or when N does not split evenly, placement is left to XLA.
+        if mesh is None or not concrete or mesh.devices.size == 1:
             return params, opt_state, oracle
-        if mesh.empty or sharding.AGENT_AXIS not in mesh.axis_names:
-            return params, opt_state, oracle
-        if mesh.devices.size == 1 or n_agents % mesh.devices.size:
+        if n_agents % mesh.devices.size:
             return params, opt_state, oracle
     if explicit:
         sharding.check_divisible(n_agents, mesh)

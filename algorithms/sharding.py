@@ -21,7 +21,9 @@ cross-agent sums.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -41,6 +43,8 @@ __all__ = [
     "constrain_agents",
     "sharded_oracle",
     "gather",
+    "use_agent_mesh",
+    "current_agent_mesh",
 ]
 
 PyTree = Any
@@ -214,3 +218,27 @@ def gather(tree: PyTree) -> PyTree:
         return np.asarray(leaf)
 
     return jax.tree.map(one, tree)
+
+
+_CURRENT_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
+    "agent_mesh", default=None
+)
+
+
+@contextlib.contextmanager
+def use_agent_mesh(mesh: Mesh) -> Iterator[Mesh]:
+    """Within this block, `run_agents` calls without `mesh=` place the agent axis on `mesh`.
+
+    The experiments CLI wraps each run in it (`--devices`). Unlike `jax.set_mesh`, it does not
+    change how JAX traces anything; only the runner reads it.
+    """
+    token = _CURRENT_MESH.set(mesh)
+    try:
+        yield mesh
+    finally:
+        _CURRENT_MESH.reset(token)
+
+
+def current_agent_mesh() -> Mesh | None:
+    """The mesh set by the innermost `use_agent_mesh`, or None."""
+    return _CURRENT_MESH.get()

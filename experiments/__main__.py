@@ -11,9 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import jax  # noqa: E402
-
-from algorithms.sharding import agent_mesh  # noqa: E402
+from algorithms.sharding import agent_mesh, use_agent_mesh  # noqa: E402
 
 from . import distributed  # noqa: E402
 from .config import ConfigError, apply_overrides, describe, parse_overrides  # noqa: E402
@@ -33,7 +31,7 @@ def make_config(module, quick: bool, overrides: dict[str, str]):
 def _run_one(module, args) -> bool:
     config = make_config(module, args.quick, parse_overrides(args.set or []))
     # The agent axis goes on every device chosen (default all): run_agents reads this mesh.
-    with jax.set_mesh(agent_mesh(args.devices)):
+    with use_agent_mesh(agent_mesh(args.devices)):
         metrics, reused = run_experiment(
             module, config, seed=args.seed, quick=args.quick, out=Path(args.out),
             force=args.force, quiet=args.quiet,
@@ -110,7 +108,7 @@ def main(argv=None) -> int:
             html_path, _ = write_report(Path(args.out), EXPERIMENTS)
             print(f"wrote {html_path}")
             return 0
-    except (ConfigError, ValueError) as e:
+    except (ConfigError, ValueError, OSError) as e:  # bad input, missing or corrupt data
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 1

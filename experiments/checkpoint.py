@@ -52,8 +52,7 @@ class RunCache:
     """
 
     def __init__(self, directory: Path, quiet: bool = False):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = Path(directory)  # created on the first write
         self.quiet = quiet
         self.computed: list[str] = []  # names computed (not loaded) in this process
 

@@ -276,6 +276,17 @@ def claims(results, config):
                     -0.85,
                 )
             )
+            # Where the slope departs from −1 (a quorum variable without noise filters x̄
+            # at small N), the linearized system should predict by how much.
+            out.append(
+                claim_less(
+                    f"{algorithm}_slope_matches_linearized_theory",
+                    f"{LABELS[algorithm]}: |simulated slope − linearized-theory slope| of "
+                    "E‖x̄ − x*‖² against log N",
+                    abs(m[f"{algorithm}_slope_vs_N"] - m[f"{algorithm}_linear_theory_slope_vs_N"]),
+                    0.05,
+                )
+            )
     return out
 
 

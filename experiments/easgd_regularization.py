@@ -32,9 +32,11 @@ from algorithms.optimizers import easgd
 from algorithms.runner import run_agents
 from experiments.tasks import (
     CNN1D,
+    CNN2D,
     MLP,
     evaluate,
     init_stacked,
+    load_cifar10,
     load_digits,
     load_mnist1d,
     minibatch_oracle,
@@ -47,13 +49,18 @@ NAME = "easgd_regularization"
 DESCRIPTION = "EASGD (N=1 and N>1) vs SGD and momentum on MNIST-1D CNN and digits MLP: gen. gap"
 
 TASKS = ("mnist1d", "digits")
+OPTIONAL_TASKS = ("cifar10",)  # needs a local copy of the binary release: --set data_dir=...
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     tasks: tuple[str, ...] = dataclasses.field(
-        default=TASKS, metadata={"help": "tasks: mnist1d (CNN), digits (MLP)"}
+        default=TASKS,
+        metadata={"help": "tasks: mnist1d (CNN), digits (MLP), cifar10 (CNN, needs data_dir)"},
+    )
+    data_dir: str = dataclasses.field(
+        default="", metadata={"help": "CIFAR-10 binary release directory (cifar10 task)"}
     )
     num_train: int = dataclasses.field(default=1000, metadata={"help": "MNIST-1D train subset"})
     mlp_hidden: tuple[int, ...] = dataclasses.field(
@@ -71,8 +78,10 @@ class Config:
     seeds: int = dataclasses.field(default=5, metadata={"help": "independent seeds"})
 
     def __post_init__(self):
-        if not self.tasks or set(self.tasks) - set(TASKS):
-            raise ValueError(f"tasks must be among {TASKS}, got {self.tasks}")
+        if not self.tasks or set(self.tasks) - set(TASKS + OPTIONAL_TASKS):
+            raise ValueError(f"tasks must be among {TASKS + OPTIONAL_TASKS}, got {self.tasks}")
+        if "cifar10" in self.tasks and not self.data_dir:
+            raise ValueError("the cifar10 task needs data_dir (--set data_dir=PATH)")
         for name in ("learning_rate", "rho"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -103,6 +112,8 @@ def optimizers(config) -> list[tuple[str, int]]:
 def _task(name, config):
     if name == "mnist1d":
         return load_mnist1d(num_train=config.num_train, seed=0), CNN1D()
+    if name == "cifar10":
+        return load_cifar10(config.data_dir), CNN2D()
     return load_digits(seed=0), MLP(hidden=tuple(config.mlp_hidden), num_classes=10)
 
 

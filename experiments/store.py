@@ -1,8 +1,10 @@
 """The results store: one directory per experiment with config, metrics, arrays, figures.
 
 `DIR/NAME/config.json`, `metrics.json`, `results.npz`, `*.png` and `*.pdf`. Files are
-written atomically (temporary file, then rename), and `metrics.json` is written last, so its
-presence marks a finished run. A finished run with the same config and seed is reused.
+written atomically (temporary file, then rename), only after the run has succeeded, and
+`metrics.json` is written last, so its presence marks a finished run. A finished run with the
+same config and seed is reused; pieces of unfinished runs live in `DIR/NAME/.cache/<key>/`,
+keyed by (experiment, config, seed, mode).
 """
 
 from __future__ import annotations
@@ -77,12 +79,6 @@ def run_experiment(
         metrics = load_metrics(directory)
         if metrics is not None:
             return metrics, True
-    directory.mkdir(parents=True, exist_ok=True)
-    # A stale metrics.json must not vouch for a run with another config.
-    if (directory / "metrics.json").exists():
-        (directory / "metrics.json").unlink()
-    _write_json(old, stamp)
-
     kwargs = {}
     if "cache" in inspect.signature(module.run).parameters:
         cache_dir = directory / ".cache" / run_key(stamp)
@@ -94,6 +90,10 @@ def run_experiment(
     results = {k: np.asarray(v) for k, v in results.items()}
     wall = time.perf_counter() - start
 
+    # Nothing is written before the run succeeds (a bad config or a corrupt dataset leaves
+    # the directory as it was). From here on metrics.json, written last, marks completion.
+    if (directory / "metrics.json").exists():
+        (directory / "metrics.json").unlink()
     atomic_write(directory / "results.npz", lambda fh: np.savez_compressed(fh, **results))
     figures = module.plot(results, config)
     for name, fig in figures.items():
@@ -114,5 +114,6 @@ def run_experiment(
         **{k: _to_float(v) for k, v in module.metrics(results, config).items()},
         "figures": sorted(figures),
     }
+    _write_json(old, stamp)
     _write_json(directory / "metrics.json", metrics)
     return metrics, False

@@ -99,3 +99,19 @@ def test_checkpointed_segments_resume_to_the_uninterrupted_result(tmp_path, monk
     # Finished: the next call loads the stored result without running anything.
     again = checkpoint.RunCache(tmp_path, quiet=True).run_agents("train", opt, x0, oracle, **kwargs)
     np.testing.assert_array_equal(again.metrics["losses"], full.metrics["losses"])
+
+
+def test_corrupt_dataset_gives_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    data = tmp_path / "cifar"
+    data.mkdir()
+    record = bytes([3]) + bytes(3072)  # one valid record: label byte + 3×32×32 pixels
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        (data / name).write_bytes(record * 2)
+    (data / "data_batch_3.bin").write_bytes(record * 2 + b"\x01\x02")  # truncated record
+    out = tmp_path / "results"
+    args = ["run", "easgd_regularization", "--quick", "--quiet", "--out", str(out),
+            "--set", "tasks=cifar10", "--set", f"data_dir={data}"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "data_batch_3.bin" in err and "3073" in err
+    assert not out.exists()  # nothing written: no directory, no cache, no partial results

@@ -66,6 +66,18 @@ def _compute() -> dict[str, np.ndarray]:
     out["easgd_losses"] = np.asarray(run.metrics["losses"])
     shards = {str(shard.index) for shard in run.params.addressable_shards}
     out["easgd_params_shards"] = np.array(len(shards))
+    # The same run placed by the runner itself, as the CLI's --devices does.
+    from algorithms.sharding import use_agent_mesh
+
+    with use_agent_mesh(mesh):
+        implicit = run_agents(
+            easgd(0.05, 1.0), x0, landscape_oracle(landscape, IsotropicNoise(0.5)),
+            num_steps=40, key=jr.key(2), record_every=10,
+        )  # fmt: skip
+    out["implicit_mesh_params"] = np.asarray(implicit.params)
+    out["implicit_mesh_shards"] = np.array(
+        len({str(shard.index) for shard in implicit.params.addressable_shards})
+    )
     if devices > 1:  # N = 6 cannot be split over 4 devices: the error names both numbers
         try:
             shard_agents(np.zeros((devices + 2, dim)), mesh)
@@ -146,6 +158,7 @@ def both_sides(tmp_path_factory):
 
 
 NAMES = (
+    "implicit_mesh_params",
     "easgd_params",
     "easgd_center",
     "easgd_records",
@@ -165,6 +178,7 @@ def test_device_counts_as_requested(both_sides):
     # The final parameters really were split: one distinct shard per device.
     assert int(one["easgd_params_shards"]) == 1
     assert int(many["easgd_params_shards"]) == NUM_DEVICES
+    assert int(many["implicit_mesh_shards"]) == NUM_DEVICES
     message = str(many["divisibility_error"])
     assert f"N={NUM_DEVICES + 2}" in message and f"D={NUM_DEVICES}" in message
 
