@@ -161,16 +161,26 @@ def _train(task_name, opt_name, n_agents, config, key):
     return np.asarray(values, dtype=float), np.asarray(diverged)
 
 
-def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
+def run(config: Config, key: jax.Array, cache=None) -> dict[str, np.ndarray]:
+    """Train every (task, optimizer) cell; with a `RunCache`, finished cells survive a kill."""
     out: dict[str, np.ndarray] = {
         "steps": np.arange(config.steps // config.record_every + 1) * config.record_every
     }
-    for ti, task in enumerate(config.tasks):
+    cells = [
+        (ti, task, o, n) for ti, task in enumerate(config.tasks) for o, n in optimizers(config)
+    ]
+    if cache is not None:
+        cells = cache.progress(cells, desc=NAME, unit="run")
+    for ti, task, opt_name, n in cells:
         k = jax.random.fold_in(key, ti)
-        for opt_name, n in optimizers(config):
+
+        def train(task=task, opt_name=opt_name, n=n, k=k):
             values, diverged = _train(task, opt_name, n, config, k)
-            out[f"{task}_{opt_name}"] = values  # (seeds, R, 4)
-            out[f"{task}_{opt_name}_diverged_step"] = diverged
+            return {"values": values, "diverged": diverged}
+
+        cell = train() if cache is None else cache.cached(f"{task}_{opt_name}", train)
+        out[f"{task}_{opt_name}"] = cell["values"]  # (seeds, R, 4)
+        out[f"{task}_{opt_name}_diverged_step"] = cell["diverged"]
     return out
 
 

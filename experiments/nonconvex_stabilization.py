@@ -188,7 +188,9 @@ def wilson(successes, n, z: float = 1.96):
     return centre - half, centre + half
 
 
-def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
+def run(config: Config, key: jax.Array, cache=None) -> dict[str, np.ndarray]:
+    """Every (landscape, form, N) cell; with a `RunCache`, finished cells survive a kill."""
+    cached = cache.cached if cache is not None else (lambda name, fn: fn())
     gains = np.asarray(config.gains, dtype=float)
     out: dict[str, np.ndarray] = {
         "agent_counts": np.asarray(config.agent_counts),
@@ -201,17 +203,13 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
             success, loss, diverged = [], [], []
             for ni, n in enumerate(config.agent_counts):
                 k = jax.random.fold_in(key, 100 * li + 10 * fi + ni)
-                res = simulate(
-                    land,
-                    MeanField(0.0),
-                    lambda r: r.gain,
-                    jnp.asarray(gains),
-                    sigmas(name, config),
-                    int(n),
-                    form,
-                    config,
-                    k,
-                )
+                res = cached(
+                    f"{name}_{form}_N{n}",
+                    lambda land=land, name=name, n=n, form=form, k=k: simulate(
+                        land, MeanField(0.0), lambda r: r.gain, jnp.asarray(gains),
+                        sigmas(name, config), int(n), form, config, k,
+                    ),
+                )  # fmt: skip
                 success.append(res["success"])
                 loss.append(res["loss"])
                 diverged.append(res["diverged"])
