@@ -98,8 +98,7 @@ def solve(
     Returns:
         A `Solution` with `x` of shape `(T, N, dim)`.
     """
-    n_agents = system.check_positions(x0)
-    del n_agents
+    system.check_positions(x0)
     t0, t1 = float(t0), float(t1)
     dt = _positive("dt", dt)
     if not t1 > t0:
