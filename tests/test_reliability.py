@@ -115,3 +115,57 @@ def test_corrupt_dataset_gives_a_clear_error_and_writes_nothing(tmp_path, capsys
     err = capsys.readouterr().err
     assert "data_batch_3.bin" in err and "3073" in err
     assert not out.exists()  # nothing written: no directory, no cache, no partial results
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    from experiments.store import atomic_write
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    def failing(fh):
+        fh.write(b"half of the new cont")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, failing)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left
+
+
+def test_progress_bar_shows_rate_and_time_left_only_on_a_terminal(tmp_path, monkeypatch, capsys):
+    import sys
+
+    cache = checkpoint.RunCache(tmp_path)
+    assert cache.progress(range(3), desc="x").disable  # pytest's stderr is not a terminal
+    assert checkpoint.RunCache(tmp_path, quiet=True).progress(range(3), desc="x").disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = cache.progress(range(3), desc="cells", unit="cell")
+    assert not bar.disable
+    list(bar)
+    err = capsys.readouterr().err
+    assert "cells" in err and "3/3" in err and "cell/s" in err and "<" in err  # rate, time left
+
+
+def test_report_shows_a_claim_that_does_not_hold(tmp_path):
+    import types
+
+    from experiments.report import write_report
+
+    module = types.SimpleNamespace(NAME="toy", DESCRIPTION="a toy experiment")
+    d = tmp_path / "toy"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"config": {"a": 1}}))
+    claims = [
+        {"id": "good", "statement": "s", "value": 0.1, "target": "< 1", "holds": True},
+        {"id": "bad", "statement": "s", "value": 2.0, "target": "< 1", "holds": False},
+    ]
+    metrics = {"experiment": "toy", "quick": True, "seed": 4, "wall_seconds": 1.5,
+               "claims": claims, "figures": []}  # fmt: skip
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    missing = types.SimpleNamespace(NAME="never_run", DESCRIPTION="not run")
+    html_path, md_path = write_report(tmp_path, (module, missing))
+    page, md = html_path.read_text(), md_path.read_text()
+    assert "SOME CLAIMS DO NOT HOLD" in page and "<tr class='fail'>" in page
+    assert "| bad | s | 2 | < 1 | DOES NOT HOLD |" in md and "seed 4" in md
+    assert "never_run: not run" in md and "jax" in md  # missing runs and package versions
