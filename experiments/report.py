@@ -64,7 +64,7 @@ def _section(module, directory: Path) -> tuple[list[str], list[str], bool | None
     body += [f"<th>{c}</th>" for c in _COLUMNS] + ["</tr>"]
     for c in metrics["claims"]:
         row = _claim_row(c)
-        md.append("| " + " | ".join(row) + " |")
+        md.append("| " + " | ".join(x.replace("|", "\\|") for x in row) + " |")
         cells = "".join(f"<td>{html.escape(x)}</td>" for x in row)
         body.append(f"<tr class='{'ok' if c['holds'] else 'fail'}'>{cells}</tr>")
     body.append("</table>")
@@ -90,8 +90,7 @@ def write_report(out: Path, experiments) -> tuple[Path, Path]:
     """
     out = Path(out)
     versions = _versions()
-    md = ["# Results report", "", f"Package versions: {versions}", ""]
-    body, summary = [], ["<h2>Summary</h2><ul>"]
+    md, body, md_summary, summary = [], [], [], ["<h2>Summary</h2><ul>"]
     for module in experiments:
         m, b, ok = _section(module, out / module.NAME)
         md += m
@@ -100,7 +99,8 @@ def write_report(out: Path, experiments) -> tuple[Path, Path]:
             "not run" if ok is None else ("all claims hold" if ok else "SOME CLAIMS DO NOT HOLD")
         )
         summary.append(f"<li><a href='#{module.NAME}'>{module.NAME}</a>: {state}</li>")
-        md.insert(4 + len(summary) - 2, f"- {module.NAME}: {state}")
+        md_summary.append(f"- {module.NAME}: {state}")
+    md = ["# Results report", "", f"Package versions: {versions}", "", *md_summary, "", *md]
     summary.append("</ul>")
     intro = ["<h1>Results report</h1>", f"<p>Package versions: {html.escape(versions)}</p>"]
     page = _HEAD + "\n".join(intro + summary + body) + "</body></html>"

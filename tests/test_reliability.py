@@ -169,3 +169,11 @@ def test_report_shows_a_claim_that_does_not_hold(tmp_path):
     assert "SOME CLAIMS DO NOT HOLD" in page and "<tr class='fail'>" in page
     assert "| bad | s | 2 | < 1 | DOES NOT HOLD |" in md and "seed 4" in md
     assert "never_run: not run" in md and "jax" in md  # missing runs and package versions
+
+
+def test_more_softsync_groups_than_workers_is_rejected(tmp_path, capsys):
+    args = ["run", "staleness_aware", "--quick", "--out", str(tmp_path), "--set", "softsync=1,40"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "got 40" in err and "num_workers=30" in err
+    assert not any(tmp_path.iterdir())
