@@ -25,7 +25,7 @@ import numpy as np
 from algorithms.asynchrony import DelayModel, delay_scaled_learning_rate, delayed_sgd
 
 from .contract import claim_greater
-from .plotting import band, figure
+from .plotting import band, figure, mean_and_se
 from .tasks import MLP, evaluate, init_stacked, load_mnist1d, minibatch_oracle
 
 NAME = "async_generalization"
@@ -160,8 +160,7 @@ def plot(results, config):
         ax = axes[s]
         for i, t in enumerate(taus):
             g = results["gap"][s, i]
-            err = g.std(0) / np.sqrt(g.shape[0]) if g.shape[0] > 1 else np.zeros(g.shape[1])
-            band(ax, steps, g.mean(0), err, label=f"τ_max={t}", color=f"C{i}")
+            band(ax, steps, *mean_and_se(g), label=f"τ_max={t}", color=f"C{i}")
         ax.set(xlabel="server updates k", ylabel="generalization gap (test − train loss)",
                title=SCHEDULE_LABELS[sched])  # fmt: skip
         ax.legend(fontsize=7)

@@ -36,7 +36,7 @@ from dynamics.solve import solve_runs
 from dynamics.system import CoupledSystem
 
 from .contract import claim_between, claim_less
-from .plotting import band, figure
+from .plotting import band, figure, mean_and_se
 
 NAME = "convex_bounds"
 DESCRIPTION = "Strongly convex f: E‖x̄ − x*‖ and deviation vs the bounds (quorum, momentum, EASGD)"
@@ -164,7 +164,7 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
             dist = np.sqrt(dist_sq)
             dev = np.mean(np.sum((x - mean[:, :, None]) ** 2, -1), -1)
             tag = f"{algorithm}_N{n}"
-            se = lambda a: a.std(0, ddof=1) / np.sqrt(a.shape[0])  # noqa: E731
+            se = lambda a: mean_and_se(a)[1]  # noqa: E731
             out[f"distance_{tag}"] = np.stack([dist.mean(0), se(dist)], -1)
             out[f"rms_distance_{tag}"] = np.sqrt(dist_sq.mean(0))
             out[f"deviation_{tag}"] = np.stack([dev.mean(0), se(dev)], -1)

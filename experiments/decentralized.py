@@ -33,7 +33,7 @@ from algorithms.asynchrony import (
 from dynamics.landscapes import Quadratic
 
 from .contract import claim_less
-from .plotting import band, figure
+from .plotting import band, figure, mean_and_se
 
 NAME = "decentralized"
 DESCRIPTION = "DASGD and delayed gossip: iterations to a target loss vs S_avg, vs all-reduce SGD"
@@ -193,7 +193,7 @@ def plot(results, config):
     f0 = float(results["initial_loss"])
     for i, d in enumerate(ds):
         curve = results["dasgd_loss"][i] / f0
-        band(ax3, t_axis, curve.mean(0), curve.std(0) / np.sqrt(curve.shape[0]),
+        band(ax3, t_axis, *mean_and_se(curve),
              label=f"DASGD D={d}", color=f"C{i}")  # fmt: skip
     ax3.axhline(config.target, color="k", ls=":", label="target")
     ax3.set(xlabel="steps (one gradient per replica)", ylabel="mean replica loss / f(x_0)",

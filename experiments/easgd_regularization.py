@@ -43,7 +43,7 @@ from experiments.tasks import (
 )
 
 from .contract import claim_greater
-from .plotting import band, figure
+from .plotting import band, figure, mean_and_se
 
 NAME = "easgd_regularization"
 DESCRIPTION = "EASGD (N=1 and N>1) vs SGD and momentum on MNIST-1D CNN and digits MLP: gen. gap"
@@ -273,7 +273,7 @@ def plot(results, config):
         fig, axes = figure(3, width=4.3, height=3.6)
         for i, n in enumerate(names):
             v = results[f"{task}_{n}"]
-            mean, se = v.mean(0), v.std(0, ddof=1) / np.sqrt(v.shape[0])
+            mean, se = mean_and_se(v)
             c = f"C{i}"
             band(axes[0], steps, mean[:, 0], se[:, 0], color=c, label=f"{labels[n]}: train")
             axes[0].plot(steps, mean[:, 1], "--", color=c, label=f"{labels[n]}: test")

@@ -34,7 +34,7 @@ from algorithms.asynchrony import (
 )
 
 from .contract import claim_greater, claim_less
-from .plotting import band, figure
+from .plotting import band, figure, mean_and_se
 from .tasks import CNN1D, MLP, evaluate, init_stacked, load_mnist1d, minibatch_oracle
 
 NAME = "gem_scaling"
@@ -254,8 +254,7 @@ def claims(results, config):
 
 def _curve(ax, x, runs, diverged, label, color, total):
     runs = np.asarray(runs)
-    mean = runs.mean(0)
-    err = runs.std(0) / np.sqrt(runs.shape[0]) if runs.shape[0] > 1 else np.zeros_like(mean)
+    mean, err = mean_and_se(runs)
     n_div = int(np.sum(diverged < total))
     if n_div:
         label = f"{label} ({n_div}/{runs.shape[0]} diverged at step {int(diverged.min())})"
@@ -299,7 +298,7 @@ def plot(results, config):
     fig2, (bx1, bx2, bx3) = figure(3, width=4.3)
     for i, n in enumerate(ns):
         pm = results["pi_median"][i]
-        band(bx1, steps, pm.mean(0), pm.std(0) / np.sqrt(pm.shape[0]), label=f"n={n}",
+        band(bx1, steps, *mean_and_se(pm), label=f"n={n}",
              color=colors[i])  # fmt: skip
     bx1.set(xlabel="server updates", ylabel="median π (window mean)", title="GEM: median π")
     bx1.legend(fontsize=7)

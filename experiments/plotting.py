@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["figure", "band"]
+__all__ = ["figure", "band", "mean_and_se"]
 
 
 def figure(ncols: int = 1, width: float = 5.0, height: float = 3.8):
@@ -13,6 +13,19 @@ def figure(ncols: int = 1, width: float = 5.0, height: float = 3.8):
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     axes = fig.subplots(1, ncols)
     return fig, np.atleast_1d(axes)
+
+
+def mean_and_se(samples, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over independent samples (seeds, runs) and its standard error.
+
+    The standard error is `std(ddof=1) / sqrt(n)`; with a single sample it is zero (no band).
+    """
+    samples = np.asarray(samples)
+    n = samples.shape[axis]
+    mean = samples.mean(axis)
+    if n < 2:
+        return mean, np.zeros_like(mean)
+    return mean, samples.std(axis, ddof=1) / np.sqrt(n)
 
 
 def band(ax, x, mean, err, label=None, **kwargs):

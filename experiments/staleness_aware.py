@@ -34,7 +34,7 @@ from algorithms.asynchrony import (
 )
 
 from .contract import claim_greater, claim_less
-from .plotting import band, figure
+from .plotting import band, figure, mean_and_se
 from .tasks import CNN1D, evaluate, init_stacked, load_mnist1d, minibatch_oracle
 
 NAME = "staleness_aware"
@@ -227,8 +227,7 @@ def plot(results, config):
         ax = axes[r]
         for i, n in enumerate(ns):
             e = results["test_error"][r, i]
-            mean = e.mean(0)
-            err = e.std(0) / np.sqrt(e.shape[0]) if e.shape[0] > 1 else np.zeros_like(mean)
+            mean, err = mean_and_se(e)
             label = "hardsync" if n == 1 else f"{n}-softsync"
             ok = np.isfinite(mean)
             if not ok.all():
