@@ -56,7 +56,8 @@ AGENT_AXIS = "agents"
 def agent_mesh(num_devices: int | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A one-axis mesh `("agents",)` over the first `num_devices` devices.
 
-    Under multi-process JAX (`experiments.distributed.initialize`), `jax.devices()` lists the
+    Under multi-process JAX (`experiments.harness.distributed.initialize`), `jax.devices()`
+    lists the
     devices of every process, so the default mesh spans all hosts.
 
     Args:
@@ -166,7 +167,7 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
 def agents_from_process_local(local_tree: PyTree, mesh: Mesh, num_agents: int) -> PyTree:
     """Assemble global agent-sharded arrays from each process's own agents.
 
-    Process p passes the agents `experiments.distributed.process_slice(N)` (leaves
+    Process p passes the agents `experiments.harness.distributed.process_slice(N)` (leaves
     `(N / P, ...)`, P processes); the result has leaves `(N, ...)` sharded on `"agents"`,
     without any process ever holding all N. Per-process data loading feeds this.
     """

@@ -1,123 +1,14 @@
-"""Command line: `python -m experiments {list,run,all,report}` (see `--help`)."""
+"""`python -m experiments {list,run,all,report}`: the harness CLI over the registry."""
 
-from __future__ import annotations
-
-import argparse
-import dataclasses
 import sys
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-from algorithms.sharding import agent_mesh, use_agent_mesh  # noqa: E402
-
-from . import distributed  # noqa: E402
-from .config import ConfigError, apply_overrides, describe, parse_overrides  # noqa: E402
-from .registry import EXPERIMENTS, get  # noqa: E402
-from .report import write_report  # noqa: E402
-from .store import run_experiment  # noqa: E402
-
-
-def make_config(module, quick: bool, overrides: dict[str, str]):
-    """The module's default config, with quick-mode overrides, then the user's `--set`s."""
-    config = module.Config()
-    if quick:
-        config = dataclasses.replace(config, **module.QUICK)
-    return apply_overrides(config, overrides)
-
-
-def _run_one(module, args) -> bool:
-    config = make_config(module, args.quick, parse_overrides(args.set or []))
-    # The agent axis goes on every device chosen (default all): run_agents reads this mesh.
-    with use_agent_mesh(agent_mesh(args.devices)):
-        metrics, reused = run_experiment(
-            module, config, seed=args.seed, quick=args.quick, out=Path(args.out),
-            force=args.force, quiet=args.quiet,
-        )  # fmt: skip
-    ok = all(c["holds"] for c in metrics["claims"])
-    state = "reused" if reused else f"{metrics['wall_seconds']:.1f} s"
-    print(f"{module.NAME}: {state}; claims {'all hold' if ok else 'NOT ALL HOLD'}")
-    for c in metrics["claims"]:
-        print(
-            f"  [{'ok' if c['holds'] else 'FAIL'}] {c['id']}: {c['value']} (target {c['target']})"
-        )
-    return ok
+from experiments.harness import cli
+from experiments.registry import EXPERIMENTS
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list every experiment")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quick", action="store_true", help="quick mode (minutes on a laptop)")
-    common.add_argument("--out", default="results", help="results directory (default results/)")
-    common.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
-    common.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config field"
-    )
-    common.add_argument("--force", action="store_true", help="rerun even if a finished run exists")
-    common.add_argument("--quiet", action="store_true", help="no progress bars")
-    distributed.add_arguments(common)
-    run = sub.add_parser("run", parents=[common], help="run one experiment")
-    run.add_argument("name")
-    sub.add_parser("all", parents=[common], help="run every experiment, then the report")
-    rep = sub.add_parser("report", help="write report.html and report.md")
-    rep.add_argument("--out", default="results")
-    run.add_argument("--show-config", action="store_true", help="list the config fields and exit")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # `run NAME --help` lists NAME's config fields (argparse alone cannot know them).
-    if len(argv) >= 2 and argv[0] == "run" and ("--help" in argv or "-h" in argv):
-        name = next((a for a in argv[1:] if not a.startswith("-")), None)
-        if name is not None:
-            run.print_help()
-            try:
-                module = get(name)
-            except ValueError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-            print(f"\n{module.NAME}: {module.DESCRIPTION}\nconfig fields (--set KEY=VALUE):")
-            print(config_help(module))
-            return 0
-    args = parser.parse_args(argv)
-    if args.command in ("run", "all"):
-        # Multi-host: a no-op for one process; must come before any other JAX work.
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    try:
-        if args.command == "list":
-            for m in EXPERIMENTS:
-                print(f"{m.NAME:28s} {m.DESCRIPTION}")
-            return 0
-        if args.command == "report":
-            html_path, _ = write_report(Path(args.out), EXPERIMENTS)
-            print(f"wrote {html_path}")
-            return 0
-        if args.command == "run":
-            module = get(args.name)
-            if args.show_config:
-                print(f"{module.NAME}: {module.DESCRIPTION}\nconfig fields:\n{config_help(module)}")
-                return 0
-            _run_one(module, args)
-            return 0
-        if args.command == "all":
-            if args.set:
-                parser.error("--set applies to one experiment: use `run NAME --set ...`")
-            for module in EXPERIMENTS:
-                _run_one(module, args)
-            html_path, _ = write_report(Path(args.out), EXPERIMENTS)
-            print(f"wrote {html_path}")
-            return 0
-    except (ConfigError, ValueError, OSError) as e:  # bad input, missing or corrupt data
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 1
-
-
-def config_help(module) -> str:
-    """Every config field of `module` with its type, default and help."""
-    rows = describe(module.Config)
-    return "\n".join(f"  {n} ({t}, default {d!r}): {h}" for n, t, d, h in rows)
+    """The CLI over every registered experiment (see `experiments.harness.cli.main`)."""
+    return cli.main(sys.argv[1:] if argv is None else argv, EXPERIMENTS)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import numpy as np
 
 from algorithms.asynchrony import DelayModel, delay_scaled_learning_rate, delayed_sgd
 
-from .contract import claim_greater
-from .plotting import band, figure, mean_and_se
+from .harness.contract import claim_greater
+from .harness.plotting import band, figure, mean_and_se
 from .tasks import MLP, evaluate, init_stacked, load_mnist1d, minibatch_oracle
 
 NAME = "async_generalization"

@@ -33,8 +33,8 @@ from dynamics.broadcast import Leader, LossWeightedGains, SuccessWeightedQuorum
 from dynamics.coupling import MeanField, Quorum
 
 from . import nonconvex_stabilization as ns
-from .contract import claim_greater
-from .plotting import figure
+from .harness.contract import claim_greater
+from .harness.plotting import figure
 
 NAME = "broadcast_success"
 DESCRIPTION = "Loss-shaped coupling (success-weighted quorum, loss gains, leader) vs plain quorum"

@@ -32,8 +32,8 @@ from dynamics.noise import IsotropicNoise
 from dynamics.solve import solve
 from dynamics.system import CoupledSystem
 
-from .contract import claim_between, claim_less
-from .plotting import figure
+from .harness.contract import claim_between, claim_less
+from .harness.plotting import figure
 
 NAME = "continuous_vs_discrete"
 DESCRIPTION = "One rule as SDE and optimizer: pathwise equality with shared noise, weak order 1"

@@ -35,8 +35,8 @@ from dynamics.noise import IsotropicNoise
 from dynamics.solve import solve_runs
 from dynamics.system import CoupledSystem
 
-from .contract import claim_between, claim_less
-from .plotting import band, figure, mean_and_se
+from .harness.contract import claim_between, claim_less
+from .harness.plotting import band, figure, mean_and_se
 
 NAME = "convex_bounds"
 DESCRIPTION = "Strongly convex f: E‖x̄ − x*‖ and deviation vs the bounds (quorum, momentum, EASGD)"

@@ -32,8 +32,8 @@ from algorithms.asynchrony import (
 )
 from dynamics.landscapes import Quadratic
 
-from .contract import claim_less
-from .plotting import band, figure, mean_and_se
+from .harness.contract import claim_less
+from .harness.plotting import band, figure, mean_and_se
 
 NAME = "decentralized"
 DESCRIPTION = "DASGD and delayed gossip: iterations to a target loss vs S_avg, vs all-reduce SGD"

@@ -20,8 +20,8 @@ import numpy as np
 
 from algorithms.asynchrony import constant_delay, delayed_sgd
 
-from .contract import claim_greater, claim_less
-from .plotting import figure
+from .harness.contract import claim_greater, claim_less
+from .harness.plotting import figure
 
 NAME = "delay_stability"
 DESCRIPTION = (

@@ -42,8 +42,8 @@ from experiments.tasks import (
     minibatch_oracle,
 )
 
-from .contract import claim_greater
-from .plotting import band, figure, mean_and_se
+from .harness.contract import claim_greater
+from .harness.plotting import band, figure, mean_and_se
 
 NAME = "easgd_regularization"
 DESCRIPTION = "EASGD (N=1 and N>1) vs SGD and momentum on MNIST-1D CNN and digits MLP: gen. gap"

@@ -33,8 +33,8 @@ from algorithms.asynchrony import (
     run_pool,
 )
 
-from .contract import claim_greater, claim_less
-from .plotting import band, figure, mean_and_se
+from .harness.contract import claim_greater, claim_less
+from .harness.plotting import band, figure, mean_and_se
 from .tasks import CNN1D, MLP, evaluate, init_stacked, load_mnist1d, minibatch_oracle
 
 NAME = "gem_scaling"

@@ -29,8 +29,8 @@ from dynamics.noise import IsotropicNoise
 from dynamics.solve import solve_runs
 from dynamics.system import CoupledSystem
 
-from .contract import claim_less
-from .plotting import figure
+from .harness.contract import claim_less
+from .harness.plotting import figure
 
 NAME = "noise_reduction"
 DESCRIPTION = (

@@ -46,8 +46,8 @@ from dynamics.noise import IsotropicNoise
 from dynamics.solve import solve
 from dynamics.system import CoupledSystem
 
-from .contract import claim_greater
-from .plotting import figure
+from .harness.contract import claim_greater
+from .harness.plotting import figure
 
 NAME = "nonconvex_stabilization"
 DESCRIPTION = "Coupling keeps x̄ in the global basin at noise levels that scatter uncoupled agents"

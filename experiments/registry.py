@@ -14,6 +14,7 @@ from . import (
     smoothing,
     staleness_aware,
 )
+from .harness.cli import get as harness_get
 
 EXPERIMENTS = (
     noise_reduction,
@@ -33,8 +34,4 @@ EXPERIMENTS = (
 
 def get(name: str):
     """The experiment module called `name`; a ValueError lists the known names."""
-    for module in EXPERIMENTS:
-        if module.NAME == name:
-            return module
-    known = ", ".join(m.NAME for m in EXPERIMENTS)
-    raise ValueError(f"unknown experiment {name!r}; known: {known}")
+    return harness_get(name, EXPERIMENTS)

@@ -33,8 +33,8 @@ from algorithms.asynchrony import (
     with_server_momentum,
 )
 
-from .contract import claim_greater, claim_less
-from .plotting import band, figure, mean_and_se
+from .harness.contract import claim_greater, claim_less
+from .harness.plotting import band, figure, mean_and_se
 from .tasks import CNN1D, evaluate, init_stacked, load_mnist1d, minibatch_oracle
 
 NAME = "staleness_aware"

@@ -629,7 +629,7 @@ def test_experiment_smoke(name, getkey):
 
     from matplotlib.figure import Figure
 
-    from experiments.contract import Claim
+    from experiments.harness.contract import Claim
 
     module = importlib.import_module(f"experiments.{name}")
     assert module.NAME == name and isinstance(module.DESCRIPTION, str)

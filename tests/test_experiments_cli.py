@@ -5,7 +5,7 @@ import json
 import pytest
 
 from experiments.__main__ import main
-from experiments.config import ConfigError, apply_overrides
+from experiments.harness.config import ConfigError, apply_overrides
 from experiments.registry import EXPERIMENTS, get
 
 TINY = {

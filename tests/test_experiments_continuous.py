@@ -15,7 +15,7 @@ from experiments import (
     nonconvex_stabilization,
     smoothing,
 )
-from experiments.contract import Claim
+from experiments.harness.contract import Claim
 
 matplotlib.use("Agg")
 

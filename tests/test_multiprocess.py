@@ -1,6 +1,6 @@
 """Two JAX processes on loopback agree with one process.
 
-`experiments.distributed.initialize` joins two fresh Python processes through a coordinator
+`experiments.harness.distributed.initialize` joins two fresh Python processes through a coordinator
 on 127.0.0.1 (settings from the `COUPLED_SGD_*` environment variables), with Gloo CPU
 collectives and two CPU devices each. Each process builds only its own half of the agents
 (`process_slice` + `agents_from_process_local`); a coupled EASGD run and a coupled SDE solve
@@ -28,7 +28,7 @@ NUM_AGENTS, DIM = 8, 5
 
 def _compute() -> dict[str, np.ndarray]:
     """The runs on `agent_mesh()`; under multi-process, each process supplies its agents."""
-    from experiments.distributed import initialize, process_slice
+    from experiments.harness.distributed import initialize, process_slice
 
     config = initialize(timeout_s=60)
 
@@ -164,7 +164,7 @@ def test_two_processes_equal_one(runs, name):
 
 
 def test_config_from_flags_env_and_slurm():
-    from experiments.distributed import DistributedConfig, config_from_env, first_slurm_host
+    from experiments.harness.distributed import DistributedConfig, config_from_env, first_slurm_host
 
     assert config_from_env(environ={}) is None
     assert config_from_env(num_processes=1, environ={}) is None
@@ -194,7 +194,7 @@ def test_config_from_flags_env_and_slurm():
 
 
 def test_process_slice():
-    from experiments.distributed import process_slice
+    from experiments.harness.distributed import process_slice
 
     assert process_slice(8, 2, 0) == slice(0, 4)
     assert process_slice(8, 2, 1) == slice(4, 8)

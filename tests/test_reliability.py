@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import experiments.checkpoint as checkpoint
+import experiments.harness.cache as cache_module
 from algorithms import easgd, landscape_oracle, run_agents
 from dynamics import IsotropicNoise, LogCoshQuadratic
 from experiments.__main__ import main
@@ -40,7 +40,7 @@ def test_killed_experiment_resumes_with_the_same_metrics(tmp_path, monkeypatch, 
     clean = json.loads((tmp_path / "clean/noise_reduction/metrics.json").read_text())
 
     # Kill the second run after three finished pieces.
-    original = checkpoint.RunCache.cached
+    original = cache_module.RunCache.cached
     count = {"n": 0}
 
     def dying(self, name, fn):
@@ -49,15 +49,15 @@ def test_killed_experiment_resumes_with_the_same_metrics(tmp_path, monkeypatch, 
         count["n"] += 1
         return original(self, name, fn)
 
-    monkeypatch.setattr(checkpoint.RunCache, "cached", dying)
+    monkeypatch.setattr(cache_module.RunCache, "cached", dying)
     with pytest.raises(KeyboardInterrupt):
         main([*args, "--out", str(tmp_path / "killed")])
     assert not (tmp_path / "killed/noise_reduction/metrics.json").exists()
-    monkeypatch.setattr(checkpoint.RunCache, "cached", original)
+    monkeypatch.setattr(cache_module.RunCache, "cached", original)
 
     computed = []
     monkeypatch.setattr(
-        checkpoint.RunCache,
+        cache_module.RunCache,
         "cached",
         lambda self, name, fn: original(self, name, lambda: computed.append(name) or fn()),
     )
@@ -76,7 +76,7 @@ def test_checkpointed_segments_resume_to_the_uninterrupted_result(tmp_path, monk
     full = run_agents(opt, x0, oracle, num_steps=60, key=key, record_every=5)
 
     calls = {"n": 0}
-    original = checkpoint.run_agents
+    original = cache_module.run_agents
 
     def dying(*a, **k):
         calls["n"] += 1
@@ -85,19 +85,21 @@ def test_checkpointed_segments_resume_to_the_uninterrupted_result(tmp_path, monk
         return original(*a, **k)
 
     kwargs = dict(num_steps=60, key=key, record_every=5, checkpoint_every=15)
-    monkeypatch.setattr(checkpoint, "run_agents", dying)
+    monkeypatch.setattr(cache_module, "run_agents", dying)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.RunCache(tmp_path, quiet=True).run_agents("train", opt, x0, oracle, **kwargs)
+        cache_module.RunCache(tmp_path, quiet=True).run_agents("train", opt, x0, oracle, **kwargs)
     assert (tmp_path / "train.ckpt" / "done_000002").exists()
-    monkeypatch.setattr(checkpoint, "run_agents", original)
-    resumed = checkpoint.RunCache(tmp_path, quiet=True).run_agents(
+    monkeypatch.setattr(cache_module, "run_agents", original)
+    resumed = cache_module.RunCache(tmp_path, quiet=True).run_agents(
         "train", opt, x0, oracle, **kwargs
     )
     np.testing.assert_array_equal(resumed.metrics["params"], full.metrics["params"])
     np.testing.assert_array_equal(resumed.steps, full.steps)
     np.testing.assert_array_equal(resumed.params, full.params)
     # Finished: the next call loads the stored result without running anything.
-    again = checkpoint.RunCache(tmp_path, quiet=True).run_agents("train", opt, x0, oracle, **kwargs)
+    again = cache_module.RunCache(tmp_path, quiet=True).run_agents(
+        "train", opt, x0, oracle, **kwargs
+    )
     np.testing.assert_array_equal(again.metrics["losses"], full.metrics["losses"])
 
 
@@ -118,7 +120,7 @@ def test_corrupt_dataset_gives_a_clear_error_and_writes_nothing(tmp_path, capsys
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
-    from experiments.store import atomic_write
+    from experiments.harness.files import atomic_write
 
     target = tmp_path / "metrics.json"
     target.write_text("old")
@@ -136,9 +138,9 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
 def test_progress_bar_shows_rate_and_time_left_only_on_a_terminal(tmp_path, monkeypatch, capsys):
     import sys
 
-    cache = checkpoint.RunCache(tmp_path)
+    cache = cache_module.RunCache(tmp_path)
     assert cache.progress(range(3), desc="x").disable  # pytest's stderr is not a terminal
-    assert checkpoint.RunCache(tmp_path, quiet=True).progress(range(3), desc="x").disable
+    assert cache_module.RunCache(tmp_path, quiet=True).progress(range(3), desc="x").disable
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     bar = cache.progress(range(3), desc="cells", unit="cell")
     assert not bar.disable
@@ -150,7 +152,7 @@ def test_progress_bar_shows_rate_and_time_left_only_on_a_terminal(tmp_path, monk
 def test_report_shows_a_claim_that_does_not_hold(tmp_path):
     import types
 
-    from experiments.report import write_report
+    from experiments.harness.report import write_report
 
     module = types.SimpleNamespace(NAME="toy", DESCRIPTION="a toy experiment")
     d = tmp_path / "toy"

@@ -12,7 +12,8 @@ import json
 import platform
 from pathlib import Path
 
-from .store import atomic_write, load_metrics
+from .files import atomic_write
+from .store import load_metrics
 
 __all__ = ["write_report"]
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from algorithms.runner import RunResult, run_agents
 
-from .store import atomic_write
+from .files import atomic_write
 
 __all__ = ["RunCache", "run_key"]
 

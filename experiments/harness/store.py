@@ -11,37 +11,19 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from .cache import RunCache, run_key
 from .config import config_to_json
 from .contract import Claim
+from .files import atomic_write, write_json
 
-__all__ = ["atomic_write", "run_experiment", "load_metrics"]
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write `path` through `write(file_obj)` on a temporary file, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=False).encode()))
+__all__ = ["run_experiment", "load_metrics"]
 
 
 def load_metrics(directory: Path) -> dict | None:
@@ -65,8 +47,6 @@ def run_experiment(
 
     Returns `(metrics, reused)`.
     """
-    from .checkpoint import RunCache, run_key  # checkpoint imports this module
-
     directory = Path(out) / module.NAME
     stamp = {
         "experiment": module.NAME,
@@ -114,6 +94,6 @@ def run_experiment(
         **{k: _to_float(v) for k, v in module.metrics(results, config).items()},
         "figures": sorted(figures),
     }
-    _write_json(old, stamp)
-    _write_json(directory / "metrics.json", metrics)
+    write_json(old, stamp)
+    write_json(directory / "metrics.json", metrics)
     return metrics, False

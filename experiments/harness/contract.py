@@ -10,7 +10,8 @@ An experiment is a module with:
 - `claims(results, config) -> list[Claim]`: falsifiable statements checked on these numbers,
 - `plot(results, config) -> dict[str, matplotlib.figure.Figure]`: figures only, no I/O.
 
-File output (config.json, metrics.json, results.npz, figures) is done by `experiments.store`.
+File output (config.json, metrics.json, results.npz, figures) is done by
+`experiments.harness.store`.
 """
 
 from __future__ import annotations
