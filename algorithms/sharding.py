@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from dynamics.types import Oracle, PyTree
 
 __all__ = [
     "AGENT_AXIS",
@@ -46,8 +47,6 @@ __all__ = [
     "use_agent_mesh",
     "current_agent_mesh",
 ]
-
-PyTree = Any
 
 AGENT_AXIS = "agents"
 """Name of the mesh axis that carries the agent (worker, replica) axis."""
@@ -98,8 +97,9 @@ def check_divisible(num_agents: int, mesh: Mesh) -> None:
     if num_agents % num_devices:
         raise ValueError(
             f"the number of agents N={num_agents} is not divisible by the number of devices "
-            f"D={num_devices}; choose N as a multiple of D or use agent_mesh(num_devices=...) "
-            "with a divisor of N"
+            f"D={num_devices}; choose N as a multiple of D, or use agent_mesh(num_devices=...) "
+            "(the experiments CLI: --devices) with a divisor of N; agents are never padded "
+            "and a run is never silently left on one device"
         )
 
 
@@ -186,9 +186,6 @@ def constrain_agents(tree: PyTree, mesh: Mesh, *, num_agents: int | None = None)
     return jax.lax.with_sharding_constraint(tree, _shardings(tree, mesh, num_agents))
 
 
-Oracle = Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, PyTree]]
-
-
 def sharded_oracle(oracle: Oracle, mesh: Mesh) -> Oracle:
     """The oracle with its parameters, losses `(N,)` and gradients pinned to `P("agents")`.
 
@@ -230,8 +227,10 @@ _CURRENT_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
 def use_agent_mesh(mesh: Mesh) -> Iterator[Mesh]:
     """Within this block, `run_agents` calls without `mesh=` place the agent axis on `mesh`.
 
-    The experiments CLI wraps each run in it (`--devices`). Unlike `jax.set_mesh`, it does not
-    change how JAX traces anything; only the runner reads it.
+    Every such call (outside `jit`/`vmap`) needs N divisible by the mesh's device count and
+    raises a ValueError naming both otherwise. The experiments CLI wraps each run in it
+    (`--devices`). Unlike `jax.set_mesh`, it does not change how JAX traces anything; only
+    the runner reads it.
     """
     token = _CURRENT_MESH.set(mesh)
     try:

@@ -21,18 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms.asynchrony import compute_time, constant_rate, run_pool
-from experiments.tasks import MLP, init_stacked, load_mnist1d, minibatch_oracle
+from experiments.tasks import MLP, init_stacked, load_mnist1d, minibatch_grad_fn
 
 
 def _setup(batch_size: int, hidden: tuple[int, ...]):
     data = load_mnist1d()
     model = MLP(hidden=hidden, num_classes=data.num_classes)
-    oracle = minibatch_oracle(model, data.x_train, data.y_train, batch_size)
-
-    def grad_fn(params, key):
-        losses, grads = oracle(jax.tree.map(lambda p: p[None], params), key, 0)
-        return losses[0], jax.tree.map(lambda g: g[0], grads)
-
+    grad_fn = minibatch_grad_fn(model, data.x_train, data.y_train, batch_size)
     params = jax.tree.map(
         lambda p: p[0], init_stacked(model, jax.random.key(0), 1, data.x_train[:2])
     )
@@ -62,11 +57,11 @@ def main(argv=()) -> dict:
 
     @jax.jit
     def pool(key):
-        state, trace = run_pool(
+        res = run_pool(
             grad_fn, constant_rate(lr), params, key, times=times, num_arrivals=1,
-            num_updates=args.steps,
+            num_steps=args.steps,
         )  # fmt: skip
-        return state.params, trace.arrivals.loss
+        return res.params, res.trace.loss
 
     def timed(fn, key):
         start = time.perf_counter()

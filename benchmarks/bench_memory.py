@@ -74,11 +74,10 @@ def main(sizes=SIZES) -> dict:
         times = compute_time("exponential", workers)
 
         def run(params, key):
-            state, _ = run_pool(
+            return run_pool(
                 grad_fn, constant_rate(0.05), params, key, times=times, num_arrivals=1,
-                num_updates=UPDATES,
-            )  # fmt: skip
-            return state.params
+                num_steps=UPDATES,
+            ).params  # fmt: skip
 
         return _compiled_bytes(run, params, key)
 

@@ -26,7 +26,7 @@ from algorithms.asynchrony import DelayModel, delay_scaled_learning_rate, delaye
 
 from .harness.contract import claim_greater
 from .harness.plotting import band, figure, mean_and_se
-from .tasks import MLP, evaluate, init_stacked, load_mnist1d, minibatch_oracle
+from .tasks import MLP, evaluate, init_stacked, load_mnist1d, minibatch_grad_fn
 
 NAME = "async_generalization"
 DESCRIPTION = "Generalization gap vs iterations for several τ_max, fixed η vs η ∝ 1/τ_max"
@@ -63,14 +63,14 @@ QUICK = dict(tau_maxes=(0, 8, 32), hidden=(128,), num_steps=3000, evals=15, seed
 def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
     data = load_mnist1d(num_train=config.num_train, seed=0)
     model = MLP(hidden=config.hidden, num_classes=data.num_classes)
-    oracle = minibatch_oracle(model, data.x_train, data.y_train, config.batch_size)
+    minibatch_grad = minibatch_grad_fn(model, data.x_train, data.y_train, config.batch_size)
 
-    def grad_fn(params, k):
-        losses, grads = oracle(jax.tree.map(lambda p: p[None], params), k, 0)
-        return losses[0], jax.tree.map(lambda g: g[0], grads)
+    def grad_fn(params, key):
+        # Agent 0's key at step 0 under `agent_oracle`: the random stream of the stored results.
+        return minibatch_grad(params, jax.random.fold_in(jax.random.fold_in(key, 0), 0))
 
-    def losses(params):
-        stacked = jax.tree.map(lambda p: p[None], params)
+    def losses(state):
+        stacked = jax.tree.map(lambda p: p[None], state.params)
         train, _ = evaluate(model, stacked, data.x_train, data.y_train)
         test, test_acc = evaluate(model, stacked, data.x_test, data.y_test)
         return train[0], test[0], test_acc[0]
@@ -89,10 +89,10 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
             lambda q: q[0], init_stacked(model, jax.random.fold_in(k, 1), 1, data.x_train[:2])
         )
         result = delayed_sgd(
-            grad_fn, params, DelayModel(p), eta, config.num_steps, k, record=losses,
+            grad_fn, params, DelayModel(p), eta, config.num_steps, k, metrics_fn=losses,
             record_every=every,
         )  # fmt: skip
-        return result.trajectory
+        return jax.tree.map(lambda m: m[1:], result.metrics)  # from the first evaluation on
 
     keys = jax.random.split(key, config.seeds)
     fn = jax.vmap(jax.vmap(jax.vmap(one, in_axes=(None, None, 0)), in_axes=(0, 0, None)),

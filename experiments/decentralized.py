@@ -43,7 +43,7 @@ GOSSIP = ("ring", "torus", "exponential", "complete")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    replicas: int = dataclasses.field(default=16, metadata={"help": "K"})
+    num_agents: int = dataclasses.field(default=16, metadata={"help": "K replicas"})
     dim: int = dataclasses.field(default=100, metadata={"help": "parameter dimension"})
     min_curvature: float = dataclasses.field(default=0.01, metadata={"help": "a_min"})
     noise: float = dataclasses.field(default=1.0, metadata={"help": "gradient noise σ"})
@@ -56,15 +56,15 @@ class Config:
     seeds: int = dataclasses.field(default=8, metadata={"help": "independent runs"})
 
     def __post_init__(self):
-        if self.replicas < 2 or self.dim < 1 or self.seeds < 1:
-            raise ValueError("need replicas >= 2, dim >= 1, seeds >= 1")
+        if self.num_agents < 2 or self.dim < 1 or self.seeds < 1:
+            raise ValueError("need num_agents >= 2, dim >= 1, seeds >= 1")
         if min(self.max_delays) < 0 or 0 not in self.max_delays:
             raise ValueError(f"max_delays must be >= 0 and include 0, got {self.max_delays}")
         if not 0 < self.target < 1 or not self.learning_rate > 0:
             raise ValueError("need 0 < target < 1 and learning_rate > 0")
 
 
-QUICK = dict(replicas=8, dim=50, max_delays=(0, 2, 8, 16), num_steps=1500, seeds=4)
+QUICK = dict(num_agents=8, dim=50, max_delays=(0, 2, 8, 16), num_steps=1500, seeds=4)
 
 
 def _landscape(config):
@@ -78,7 +78,7 @@ def _steps_to_target(curve, level, budget):
 
 def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
     f = _landscape(config)
-    k = config.replicas
+    k = config.num_agents
 
     def grad_fn(x, kk):
         return f.value(x), f.grad(x) + config.noise * jax.random.normal(kk, x.shape)
@@ -92,12 +92,14 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
     mean_loss = lambda s: jnp.mean(jax.vmap(f.value)(s.params))  # noqa: E731
 
     def dasgd(p, kk):
-        _, tr = run_dasgd(
-            grad_fn, x0, kk, num_replicas=k, delay=DelayModel(p),
+        res = run_dasgd(
+            grad_fn, x0, kk, num_agents=k, delay=DelayModel(p),
             learning_rate=config.learning_rate / k, num_steps=config.num_steps,
-            record=mean_loss,
+            metrics_fn=mean_loss,
         )  # fmt: skip
-        return tr.record, tr.staleness_mean.mean(), tr.staleness_max.max()
+        # metrics[0] is the initial state: the loss after each step is metrics[1:].
+        tr = res.trace
+        return res.metrics[1:], tr.staleness_mean.mean(), tr.staleness_max.max()
 
     vm = lambda fn: jax.jit(jax.vmap(jax.vmap(fn, in_axes=(None, 0)), in_axes=(0, None)))  # noqa: E731
     d_loss, s_avg, s_max = (np.asarray(a) for a in vm(dasgd)(probs, keys))
@@ -107,12 +109,12 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
         w = metropolis_weights(topology(name, k))
 
         def gossip(p, kk, w=w):
-            _, tr = run_gossip(
+            res = run_gossip(
                 grad_fn, x0, kk, mixing=w, delay=DelayModel(p),
                 learning_rate=config.learning_rate, num_steps=config.num_steps,
-                record=mean_loss,
+                metrics_fn=mean_loss,
             )  # fmt: skip
-            return tr.record, tr.view_delay.mean()
+            return res.metrics[1:], res.trace.view_delay.mean()
 
         loss, vd = vm(gossip)(probs, keys)
         g_loss.append(np.asarray(loss))
@@ -177,7 +179,7 @@ def plot(results, config):
     ax1.axhline(steps[list(ds).index(0)].mean(), color="k", ls="--", label="all-reduce SGD")
     ax1.axhline(budget, color="r", ls=":", label="step budget (not reached)")
     ax1.set(xlabel="S_avg (gradients one replica has applied and another not)",
-            ylabel="steps to target loss", title=f"DASGD, K={config.replicas}")  # fmt: skip
+            ylabel="steps to target loss", title=f"DASGD, K={config.num_agents}")  # fmt: skip
     ax1.legend(fontsize=7)
     for t, name in enumerate(GOSSIP):
         gs = results["gossip_steps_to_target"][t]

@@ -1,12 +1,13 @@
 """Stability of gradient descent with a constant delay on f = ½ a x².
 
-The recursion x_{k+1} = x_k − η a x_{k−τ} (PAPERS.md, "Useful facts") is stable iff
-0 < ηa < 2 sin(π / (2(2τ + 1))). Protocol (ours): for every τ = 0…τ_max we run the
-ring-buffer recursion (`algorithms.asynchrony.delayed_sgd`, constant delay) from x_0 = 1 and
-call a run unstable when the largest |x_k| over the last window of 4τ + 4 steps exceeds the
-largest over the same-length window ending at the midpoint (growth of the dominant root).
-Bisection on ηa gives the measured threshold, compared with the closed form. A grid of ηa
-values around the threshold shows log10 |x_K| (stable below the curve, divergent above).
+The recursion x_{k+1} = x_k − η a x_{k−τ} is stable iff 0 < ηa < 2 sin(π / (2(2τ + 1)))
+(`dynamics.theory.delay_stability_threshold`; docs/papers.md). Protocol (ours): for every
+τ = 0…τ_max we run the ring-buffer recursion (`algorithms.asynchrony.delayed_sgd`, constant
+delay) from x_0 = 1 and call a run unstable when the largest |x_k| over the last window of
+4τ + 4 steps exceeds the largest over the same-length window ending at the midpoint (growth
+of the dominant root). Bisection on ηa gives the measured threshold, compared with the
+closed form. A grid of ηa values around the threshold shows log10 |x_K| (stable below the
+curve, divergent above).
 Time is counted in server updates k.
 """
 
@@ -18,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algorithms.asynchrony import constant_delay, delayed_sgd
+from algorithms.asynchrony import DelayModel, delayed_sgd
+from dynamics.theory import delay_stability_threshold
 
 from .harness.contract import claim_greater, claim_less
 from .harness.plotting import figure
@@ -50,9 +52,9 @@ class Config:
 QUICK = dict(num_steps=4000, bisection_iters=24, grid_points=41, grid_steps=800)
 
 
-def theory_threshold(tau):
-    """2 sin(π / (2(2τ + 1))), the upper end of the stable range of ηa."""
-    return 2.0 * np.sin(np.pi / (2.0 * (2.0 * np.asarray(tau, dtype=float) + 1.0)))
+def theory_threshold(taus) -> np.ndarray:
+    """The closed-form threshold of ηa at each integer delay τ."""
+    return np.array([delay_stability_threshold(staleness=int(t)) for t in taus])
 
 
 def _trajectory_abs(eta_a, tau, tau_max, num_steps):
@@ -62,13 +64,13 @@ def _trajectory_abs(eta_a, tau, tau_max, num_steps):
         del key
         return 0.5 * x * x, x
 
-    delay = constant_delay(0, tau_max)._replace(
-        probs=jax.nn.one_hot(tau, tau_max + 1, dtype=jnp.result_type(float))
-    )
+    # The constant delay τ (traced) as a point mass in a buffer of τ_max + 1 slots.
+    delay = DelayModel(jax.nn.one_hot(tau, tau_max + 1, dtype=jnp.result_type(float)))
     run = delayed_sgd(
-        grad, jnp.ones(()), delay, eta_a, num_steps, jax.random.key(0), record=jnp.abs
-    )
-    return run.trajectory
+        grad, jnp.ones(()), delay, eta_a, num_steps, jax.random.key(0),
+        metrics_fn=lambda state: jnp.abs(state.params),
+    )  # fmt: skip
+    return run.metrics[1:]  # the record at step 0 is |x_0| = 1
 
 
 def _is_unstable(eta_a, tau, tau_max, num_steps):
@@ -158,8 +160,7 @@ def plot(results, config):
     figs = {}
     fig, (ax1, ax2, ax3) = figure(3)
     taus = results["taus"]
-    fine = np.linspace(0, taus.max(), 200)
-    ax1.plot(fine, theory_threshold(fine), "k-", label="2 sin(π/(2(2τ+1)))")
+    ax1.plot(taus, theory_threshold(taus), "k-", label="2 sin(π/(2(2τ+1)))")
     ax1.plot(taus, results["measured_threshold"], "o", mfc="none", label="measured (bisection)")
     ax1.set(xlabel="delay τ (server updates)", ylabel="stability threshold of ηa",
             yscale="log", title="Stability threshold")  # fmt: skip

@@ -12,7 +12,8 @@ steps (= server updates here). GEM uses κ = 1, μ = 0.9, ε = 1e-16 and the aut
 to [0, 5]. We record the arriving minibatch losses (smoothed over windows), the final loss of
 the central variable on the whole training set, test accuracy, the median π of every GEM
 update, and a κ sweep at one worker count. A run whose loss becomes non-finite or exceeds
-`diverge_loss` is marked diverged at that worker step (never plotted as a finite curve).
+`diverge_loss` is marked diverged at that worker step (−1: never; never plotted as a finite
+curve).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from algorithms.asynchrony import (
 
 from .harness.contract import claim_greater, claim_less
 from .harness.plotting import band, figure, mean_and_se
-from .tasks import CNN1D, MLP, evaluate, init_stacked, load_mnist1d, minibatch_oracle
+from .tasks import CNN1D, MLP, evaluate, init_stacked, load_mnist1d, minibatch_grad_fn
 
 NAME = "gem_scaling"
 DESCRIPTION = "GEM vs Downpour vs adaptive staleness for 5…100 async workers; median π; κ sweep"
@@ -82,11 +83,11 @@ QUICK = dict(
 def _task(config):
     data = load_mnist1d()
     model = CNN1D() if config.model == "cnn" else MLP(hidden=(64, 64), num_classes=10)
-    oracle = minibatch_oracle(model, data.x_train, data.y_train, config.batch_size)
+    minibatch_grad = minibatch_grad_fn(model, data.x_train, data.y_train, config.batch_size)
 
     def grad_fn(params, key):
-        losses, grads = oracle(jax.tree.map(lambda p: p[None], params), key, 0)
-        return losses[0], jax.tree.map(lambda g: g[0], grads)
+        # Agent 0's key at step 0 under `agent_oracle`: the random stream of the stored results.
+        return minibatch_grad(params, jax.random.fold_in(jax.random.fold_in(key, 0), 0))
 
     return data, model, grad_fn
 
@@ -111,13 +112,14 @@ def _sweep(config, rule_fn, worker_counts, kappas, max_workers, init_fn, grad_fn
     def one(mean, kappa, key):
         params = init_fn(jax.random.fold_in(key, 1))
         times = ComputeTime("exponential", mean, 0.5)
-        state, trace = run_pool(
+        res = run_pool(
             grad_fn, rule_fn(kappa), params, key, times=times, num_arrivals=1,
-            num_updates=config.worker_steps,
-            record=lambda s: getattr(s.opt_state, "pi_median", jnp.zeros(())),
+            num_steps=config.worker_steps,
+            metrics_fn=lambda s: getattr(s.opt_state, "pi_median", jnp.zeros(())),
         )  # fmt: skip
-        train_loss, test_acc = evaluate_fn(state.params)
-        return trace.arrivals.loss[:, 0], trace.record, train_loss, test_acc
+        train_loss, test_acc = evaluate_fn(res.params)
+        # records[0] is the state before the first update: π after each update is [1:].
+        return res.trace.loss[:, 0], res.metrics[1:], train_loss, test_acc
 
     over_seeds = jax.vmap(one, in_axes=(None, None, 0))
     out = jax.jit(jax.vmap(over_seeds, in_axes=(0, 0, None)))(means, jnp.asarray(kappas), keys)
@@ -203,8 +205,8 @@ def metrics(results, config) -> dict[str, float]:
         "adaptive_final_loss_nmax": final[a, -1],
         "downpour_degradation_ratio": final[d, -1] / final[d, 0],
         "gem_stability_ratio": final[g, -1] / final[g, 0],
-        "gem_diverged_runs": float(np.sum(results["diverged_at"][g] < config.worker_steps)),
-        "downpour_diverged_runs": float(np.sum(results["diverged_at"][d] < config.worker_steps)),
+        "gem_diverged_runs": float(np.sum(results["diverged_at"][g] >= 0)),
+        "downpour_diverged_runs": float(np.sum(results["diverged_at"][d] >= 0)),
         "gem_test_accuracy_nmax": float(results["test_accuracy"][g, -1].mean()),
         "pi_median_nmin": pi[0],
         "pi_median_nmax": pi[-1],
@@ -252,28 +254,27 @@ def claims(results, config):
     ]
 
 
-def _curve(ax, x, runs, diverged, label, color, total):
+def _curve(ax, x, runs, diverged, label, color):
     runs = np.asarray(runs)
     mean, err = mean_and_se(runs)
-    n_div = int(np.sum(diverged < total))
-    if n_div:
-        label = f"{label} ({n_div}/{runs.shape[0]} diverged at step {int(diverged.min())})"
+    steps = np.asarray(diverged)[np.asarray(diverged) >= 0]  # −1: never diverged
+    if steps.size:
+        label = f"{label} ({steps.size}/{runs.shape[0]} diverged at step {int(steps.min())})"
     ok = np.isfinite(mean) & (np.abs(mean) < 1e3)
     band(ax, x[ok], mean[ok], err[ok], label=label, color=color)
-    if n_div:
-        ax.axvline(int(diverged.min()), color=color, ls=":", lw=1)
+    if steps.size:
+        ax.axvline(int(steps.min()), color=color, ls=":", lw=1)
 
 
 def plot(results, config):
     steps, ns = results["steps"], results["workers"]
-    total = config.worker_steps
     colors = [f"C{i}" for i in range(len(ns))]
     fig, axes = figure(len(RULES) + 1, width=4.3)
     for r, name in enumerate(RULES):
         ax = axes[r]
         for i, n in enumerate(ns):
             _curve(ax, steps, results["loss_curves"][r, i], results["diverged_at"][r, i],
-                   f"n={n}", colors[i], total)  # fmt: skip
+                   f"n={n}", colors[i])  # fmt: skip
         ax.set(xlabel="worker steps (gradients)", ylabel="training loss (minibatch, smoothed)",
                title=RULE_LABELS[name], ylim=(0, 3.0))  # fmt: skip
         ax.legend(fontsize=7)
@@ -284,7 +285,7 @@ def plot(results, config):
         mean = np.nanmean(shown, -1)
         ax.plot(ns, mean, "o-", label=RULE_LABELS[name])
         for i, n in enumerate(ns):
-            if np.any(results["diverged_at"][r, i] < total):
+            if np.any(results["diverged_at"][r, i] >= 0):
                 ax.plot([n], [3.0], "x", color=ax.lines[-1].get_color(), ms=9)
     ax.set(xscale="log", xlabel="number of workers n", ylabel="final training loss (full set)",
            title="Final loss vs n (x: diverged)", ylim=(0, 3.2))  # fmt: skip
@@ -309,7 +310,7 @@ def plot(results, config):
             title="Median π vs n")  # fmt: skip
     for j, kappa in enumerate(results["kappas"]):
         _curve(bx3, steps, results["kappa_curves"][j], results["kappa_diverged_at"][j],
-               f"κ={kappa:g}", f"C{j}", total)  # fmt: skip
+               f"κ={kappa:g}", f"C{j}")  # fmt: skip
     bx3.set(xlabel="worker steps", ylabel="training loss (minibatch, smoothed)",
             title=f"GEM κ sweep, n={config.kappa_workers}", ylim=(0, 3.0))  # fmt: skip
     bx3.legend(fontsize=7)

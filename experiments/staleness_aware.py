@@ -12,7 +12,8 @@ much wider staleness distribution than the paper observed) on the virtual clock
 (epochs) for every protocol, test error evaluated every `eval_every` worker steps. In our pool
 an arriving learner pulls after the update it belongs to, so hardsync has τ = 0 and
 n-softsync ⟨τ⟩ ≈ n − 1 (Zhang et al. count one more, ⟨τ⟩ ≈ n). α0/τ uses α0 at τ = 0.
-A run that diverges (non-finite loss) is recorded with the worker step where it happened.
+A run that diverges (non-finite loss) is recorded with the worker step where it happened
+(−1: never).
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ import numpy as np
 
 from algorithms.asynchrony import (
     compute_time,
+    constant_rate,
     divergence_step,
     run_pool,
-    scale_by_arrival_rate,
+    select_rule,
     softsync_arrivals,
+    staleness_aware_rate,
     with_server_momentum,
 )
 
 from .harness.contract import claim_greater, claim_less
 from .harness.plotting import band, figure, mean_and_se
-from .tasks import CNN1D, evaluate, init_stacked, load_mnist1d, minibatch_oracle
+from .tasks import CNN1D, evaluate, init_stacked, load_mnist1d, minibatch_grad_fn
 
 NAME = "staleness_aware"
 DESCRIPTION = "n-softsync with α0 vs α0/τ (Zhang et al. Fig. 3 analogue): test error, staleness"
@@ -46,7 +49,7 @@ RATE_LABELS = {"constant": "α = α0", "staleness_aware": "α = α0/τ"}
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    learners: int = dataclasses.field(default=30, metadata={"help": "λ"})
+    num_workers: int = dataclasses.field(default=30, metadata={"help": "λ learners"})
     minibatch: int = dataclasses.field(default=4, metadata={"help": "μ per learner"})
     softsync: tuple[int, ...] = dataclasses.field(
         default=(1, 2, 4, 10, 15, 30), metadata={"help": "n values (n=1 hardsync)"}
@@ -68,10 +71,10 @@ class Config:
     )
 
     def __post_init__(self):
-        if self.learners < 1 or self.minibatch < 1 or self.seeds < 1 or self.evals < 1:
-            raise ValueError("learners, minibatch, seeds and evals must be >= 1")
+        if self.num_workers < 1 or self.minibatch < 1 or self.seeds < 1 or self.evals < 1:
+            raise ValueError("num_workers, minibatch, seeds and evals must be >= 1")
         for n in self.softsync:
-            softsync_arrivals(self.learners, n)  # raises on n > λ
+            softsync_arrivals(self.num_workers, n)  # raises on n > λ
         if 1 not in self.softsync:
             raise ValueError("softsync must include n = 1 (hardsync), the reference")
         if not self.learning_rate > 0 or not 0 <= self.momentum < 1 or not self.epochs > 0:
@@ -81,24 +84,14 @@ class Config:
 QUICK = dict(softsync=(1, 4, 30), epochs=4.0, evals=8, features=(16, 16), seeds=1)
 
 
-def _rate_rule(alpha0, aware):
-    """α(τ) = α0/max(τ, 1) if `aware` (traced flag) else α0, with server momentum."""
-
-    def rate(tau):
-        scale = jnp.where(aware, 1.0 / jnp.maximum(tau, 1).astype(jnp.result_type(float)), 1.0)
-        return alpha0 * scale
-
-    return rate
-
-
 def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
     data = load_mnist1d()
     model = CNN1D(features=config.features)
-    oracle = minibatch_oracle(model, data.x_train, data.y_train, config.minibatch)
+    minibatch_grad = minibatch_grad_fn(model, data.x_train, data.y_train, config.minibatch)
 
-    def grad_fn(params, k):
-        losses, grads = oracle(jax.tree.map(lambda p: p[None], params), k, 0)
-        return losses[0], jax.tree.map(lambda g: g[0], grads)
+    def grad_fn(params, key):
+        # Agent 0's key at step 0 under `agent_oracle`: the random stream of the stored results.
+        return minibatch_grad(params, jax.random.fold_in(jax.random.fold_in(key, 0), 0))
 
     def test_error(state):
         stacked = jax.tree.map(lambda p: p[None], state.params)
@@ -106,7 +99,7 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
         return 1.0 - acc[0], loss[0]
 
     num_train = data.y_train.shape[0]
-    lam = config.learners
+    lam = config.num_workers
     # same number of worker gradients for every protocol, rounded to whole evaluations of λ
     total = int(config.epochs * num_train / config.minibatch)
     unit = math.lcm(*(softsync_arrivals(lam, int(n)) for n in config.softsync))
@@ -114,7 +107,7 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
     total = per_eval * config.evals
     keys = jax.random.split(key, config.seeds)
     times = compute_time(config.compute_times, lam, sigma=config.compute_sigma)
-    flags = jnp.asarray([False, True])
+    rates = jnp.arange(len(RATES))  # index into RATES: one compiled program for both rules
 
     ns = np.asarray(config.softsync)
     err = np.zeros((len(RATES), len(ns), config.seeds, config.evals))
@@ -127,21 +120,21 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
         updates = total // c
         every = per_eval // c  # c divides per_eval
 
-        def one(aware, k, c=c, updates=updates, every=every):
+        def one(rate, k, c=c, updates=updates, every=every):
             params = jax.tree.map(
                 lambda p: p[0], init_stacked(model, jax.random.fold_in(k, 1), 1, data.x_train[:2])
             )
-            rule = with_server_momentum(
-                scale_by_arrival_rate(_rate_rule(config.learning_rate, aware)), config.momentum
-            )
-            _, trace = run_pool(
-                grad_fn, rule, params, k, times=times, num_arrivals=c, num_updates=updates,
-                record=test_error, record_every=every,
+            alpha0 = config.learning_rate
+            rule = select_rule(rate, (constant_rate(alpha0), staleness_aware_rate(alpha0)))
+            result = run_pool(
+                grad_fn, with_server_momentum(rule, config.momentum), params, k, times=times,
+                num_arrivals=c, num_steps=updates, metrics_fn=test_error, record_every=every,
             )  # fmt: skip
-            return trace.record, trace.arrivals.loss, trace.arrivals.staleness
+            record = jax.tree.map(lambda m: m[1:], result.metrics)  # from the first evaluation
+            return record, result.trace.loss, result.trace.staleness
 
         fn = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
-        (e, tl), loss, tau = fn(flags, keys)
+        (e, tl), loss, tau = fn(rates, keys)
         err[:, i], test_loss[:, i] = np.asarray(e), np.asarray(tl)
         loss = np.asarray(loss).reshape(len(RATES), config.seeds, -1)  # worker-step order
         diverged[:, i] = np.asarray(divergence_step(loss, 1e3))
@@ -183,9 +176,8 @@ def metrics(results, config) -> dict[str, float]:
     out["aware_worst_gap_to_hardsync"] = float(np.max(final[a] - final[a, hard]))
     out["constant_largest_n_test_error"] = float(final[c, -1])
     out["hardsync_test_error"] = float(final[c, hard])
-    total = int(results["total_worker_steps"])
-    out["diverged_runs_constant"] = float(np.sum(results["diverged_at"][c] < total))
-    out["diverged_runs_staleness_aware"] = float(np.sum(results["diverged_at"][a] < total))
+    out["diverged_runs_constant"] = float(np.sum(results["diverged_at"][c] >= 0))
+    out["diverged_runs_staleness_aware"] = float(np.sum(results["diverged_at"][a] >= 0))
     for i, n in enumerate(ns):
         out[f"mean_staleness_n{n}"] = float(results["mean_staleness"][i])
     tau_err = results["mean_staleness"] - (ns - 1)
@@ -234,7 +226,7 @@ def plot(results, config):
                 label += " (diverged)"
             band(ax, epochs[ok], mean[ok], err[ok], label=label, color=f"C{i}")
         ax.set(xlabel="epochs (worker gradients × μ / N_train)", ylabel="test error",
-               title=f"{RATE_LABELS[rate]}, λ={config.learners}, μ={config.minibatch}",
+               title=f"{RATE_LABELS[rate]}, λ={config.num_workers}, μ={config.minibatch}",
                ylim=(0, 1))  # fmt: skip
         ax.legend(fontsize=7)
     ax = axes[2]

@@ -38,12 +38,20 @@ def test_delayed_sgd_constant_delay_matches_numpy_loop(tau, getkey):
     x0 = jnp.array([1.0, -2.0, 0.5])
     run = jax.jit(
         lambda k: asy.delayed_sgd(
-            quadratic_grad, x0, asy.constant_delay(tau), 0.1, 40, k, record=lambda x: x
-        )
+            quadratic_grad,
+            x0,
+            asy.constant_delay(tau),
+            0.1,
+            40,
+            k,
+            metrics_fn=lambda s: s.params,
+        )  # fmt: skip
     )(getkey())
     ref = numpy_delayed_gd(np.asarray(x0), 0.1, tau, 40)
-    np.testing.assert_allclose(np.asarray(run.trajectory), ref, rtol=1e-12, atol=1e-14)
-    assert np.all(np.asarray(run.staleness) == tau)
+    # metrics[0] is x_0; the iterates after each update follow
+    np.testing.assert_allclose(np.asarray(run.metrics[1:]), ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(np.asarray(run.metrics[0]), np.asarray(x0))
+    assert np.all(np.asarray(run.trace.staleness) == tau)
 
 
 def test_delayed_sgd_mean_mode_is_probability_weighted_sum(getkey):
@@ -57,13 +65,13 @@ def test_delayed_sgd_mean_mode_is_probability_weighted_sum(getkey):
         25,
         getkey(),
         mode="mean",
-        record=lambda x: x,
+        metrics_fn=lambda s: s.params,
     )
     xs = [x0]
     for k in range(25):
         g = sum(p * A_DIAG * xs[max(k - t, 0)] for t, p in enumerate(probs))
         xs.append(xs[-1] - 0.05 * g)
-    np.testing.assert_allclose(np.asarray(run.trajectory), np.stack(xs[1:]), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(run.metrics), np.stack(xs), rtol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +115,7 @@ def test_constant_delay_stability_threshold_both_sides(tau):
 
 def test_divergence_step_finds_first_bad_index():
     v = jnp.array([[1.0, 2.0, jnp.nan, 3.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1e9, 1.0, 1.0]])
-    np.testing.assert_array_equal(np.asarray(asy.divergence_step(v)), [2, 4, 1])
+    np.testing.assert_array_equal(np.asarray(asy.divergence_step(v)), [2, -1, 1])
 
 
 # ----------------------------------------------------------------------------- pool
@@ -117,18 +125,18 @@ def test_divergence_step_finds_first_bad_index():
 def test_round_robin_pool_reproduces_constant_delay_recursion(num_workers, getkey):
     x0 = jnp.array([1.0, -2.0, 0.5])
     times = asy.compute_time("constant", num_workers)
-    state, trace = asy.run_pool(
+    res = asy.run_pool(
         quadratic_grad,
         asy.constant_rate(0.1),
         x0,
         getkey(),
         times=times,
         num_arrivals=1,
-        num_updates=50,
-        record=lambda s: s.params,
+        num_steps=50,
+        metrics_fn=lambda s: s.params,
     )
     ref = numpy_delayed_gd(np.asarray(x0), 0.1, num_workers - 1, 50)
-    np.testing.assert_allclose(np.asarray(trace.record), ref, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(np.asarray(res.metrics[1:]), ref, rtol=1e-13, atol=1e-15)
     # exactly (bitwise) the ring-buffer recursion with τ = W − 1
     ring = asy.delayed_sgd(
         quadratic_grad,
@@ -137,20 +145,20 @@ def test_round_robin_pool_reproduces_constant_delay_recursion(num_workers, getke
         0.1,
         50,
         getkey(),
-        record=lambda x: x,
+        metrics_fn=lambda s: s.params,
     )
-    np.testing.assert_array_equal(np.asarray(trace.record), np.asarray(ring.trajectory))
+    np.testing.assert_array_equal(np.asarray(res.metrics), np.asarray(ring.metrics))
     # round robin: worker k mod W arrives at update k with staleness min(k, W − 1)
     k = np.arange(50)
-    np.testing.assert_array_equal(np.asarray(trace.arrivals.worker[:, 0]), k % num_workers)
+    np.testing.assert_array_equal(np.asarray(res.trace.worker[:, 0]), k % num_workers)
     np.testing.assert_array_equal(
-        np.asarray(trace.arrivals.staleness[:, 0]), np.minimum(k, num_workers - 1)
+        np.asarray(res.trace.staleness[:, 0]), np.minimum(k, num_workers - 1)
     )
 
 
 def _staleness(num_workers, n, kind, key, updates=3000):
     c = asy.softsync_arrivals(num_workers, n)
-    _, trace = jax.jit(
+    res = jax.jit(
         lambda k: asy.run_pool(
             quadratic_grad,
             asy.constant_rate(1e-3),
@@ -158,10 +166,10 @@ def _staleness(num_workers, n, kind, key, updates=3000):
             k,
             times=asy.compute_time(kind, num_workers),
             num_arrivals=c,
-            num_updates=updates,
+            num_steps=updates,
         )
     )(key)
-    return trace
+    return res.trace
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 10, 30])
@@ -170,34 +178,34 @@ def test_softsync_staleness_statistics(n, getkey):
     our pull-after-update convention; Zhang et al. count one more). Exponential compute times
     make τ geometric, Var τ = n(n − 1); constant times make τ = n − 1 exactly."""
     trace = _staleness(30, n, "exponential", getkey())
-    tau = np.asarray(trace.arrivals.staleness)[200:]
+    tau = np.asarray(trace.staleness)[200:]
     assert tau.shape[1] == 30 // n
-    workers = np.asarray(trace.arrivals.worker)
+    workers = np.asarray(trace.worker)
     assert all(len(set(row)) == row.size for row in workers)
     if n == 1:
         assert np.all(tau == 0)  # hardsync
     else:
         assert abs(tau.mean() - (n - 1)) < 0.02 * n
         assert abs(tau.var() / (n * (n - 1)) - 1) < 0.15
-    tau_const = np.asarray(_staleness(30, n, "constant", getkey(), 300).arrivals.staleness)
+    tau_const = np.asarray(_staleness(30, n, "constant", getkey(), 300).staleness)
     assert np.all(tau_const[60:] == n - 1)
 
 
 def test_downpour_lognormal_and_speeds_mean_staleness_is_w_minus_one(getkey):
     trace = _staleness(8, 8, "lognormal", getkey())
-    tau = np.asarray(trace.arrivals.staleness)[200:]
+    tau = np.asarray(trace.staleness)[200:]
     assert abs(tau.mean() - 7.0) < 0.3
     times = asy.compute_time("exponential", 4, speeds=[1.0, 1.0, 1.0, 4.0])
-    _, tr = asy.run_pool(
+    tr = asy.run_pool(
         quadratic_grad,
         asy.constant_rate(1e-3),
         jnp.zeros(3),
         getkey(),
         times=times,
         num_arrivals=1,
-        num_updates=4000,
+        num_steps=4000,
     )
-    counts = np.bincount(np.asarray(tr.arrivals.worker[:, 0]), minlength=4)
+    counts = np.bincount(np.asarray(tr.trace.worker[:, 0]), minlength=4)
     # the fast worker (speed 4) arrives ~4x as often as each slow one
     np.testing.assert_allclose(counts[3] / counts[:3].mean(), 4.0, rtol=0.15)
 
@@ -216,8 +224,8 @@ def test_padded_pools_of_several_sizes_share_one_vmapped_program(getkey):
             key,
             times=times,
             num_arrivals=1,
-            num_updates=2000,
-        )[1].arrivals
+            num_steps=2000,
+        ).trace
 
     arrivals = jax.jit(jax.vmap(one, in_axes=(0, None)))(means, getkey())
     for i, w in enumerate(sizes):
@@ -248,7 +256,7 @@ def test_pool_computes_only_c_gradients_per_update(getkey):
         getkey(),
         times=asy.compute_time("exponential", 12),
         num_arrivals=3,
-        num_updates=5,
+        num_steps=5,
     )
     assert batch_shapes == [(3, 3)] * 5
 
@@ -266,16 +274,14 @@ def test_pool_run_is_deterministic_for_a_fixed_seed(getkey):
             key,
             times=asy.compute_time("lognormal", 6),
             num_arrivals=2,
-            num_updates=100,
+            num_steps=100,
         )
 
     key = getkey()
-    (s1, t1), (s2, t2), (s3, _) = go(key), go(key), go(getkey())
-    np.testing.assert_array_equal(np.asarray(s1.params), np.asarray(s2.params))
-    np.testing.assert_array_equal(
-        np.asarray(t1.arrivals.staleness), np.asarray(t2.arrivals.staleness)
-    )
-    assert not np.array_equal(np.asarray(s1.params), np.asarray(s3.params))
+    r1, r2, r3 = go(key), go(key), go(getkey())
+    np.testing.assert_array_equal(np.asarray(r1.params), np.asarray(r2.params))
+    np.testing.assert_array_equal(np.asarray(r1.trace.staleness), np.asarray(r2.trace.staleness))
+    assert not np.array_equal(np.asarray(r1.params), np.asarray(r3.params))
 
 
 # ----------------------------------------------------------------------------- server rules
@@ -377,17 +383,17 @@ def test_gem_in_pool_sees_current_params_and_its_own_snapshot(getkey):
         return step, state + jnp.sum(jnp.abs(params - snapshot[0]))
 
     rule = optax.GradientTransformationExtraArgs(init, update)
-    state, trace = asy.run_pool(
+    res = asy.run_pool(
         quadratic_grad,
         rule,
         jnp.array([1.0, 1.0, 1.0]),
         getkey(),
         times=asy.compute_time("constant", 2),
         num_arrivals=1,
-        num_updates=3,
-        record=lambda s: s.opt_state,
+        num_steps=3,
+        metrics_fn=lambda s: s.opt_state,
     )
-    rec = np.asarray(trace.record)
+    rec = np.asarray(res.metrics[1:])  # after each update
     # update 0: worker 0 at θ_0 (diff 0); update 1: worker 1 holds θ_0, θ = θ_1 (diff > 0)
     assert rec[0] == 0.0 and rec[1] > 0.0
     d = np.asarray(quadratic_grad(jnp.ones(3), None)[1]) * 0.1
@@ -404,16 +410,17 @@ def noisy_quadratic(x, key):
 
 def test_dasgd_applies_every_gradient_exactly_once(getkey):
     k, steps, delay = 5, 40, asy.uniform_delay(4)
-    state, trace = asy.run_dasgd(
+    res = asy.run_dasgd(
         noisy_quadratic,
         jnp.ones(3),
         getkey(),
-        num_replicas=k,
+        num_agents=k,
         delay=delay,
         learning_rate=0.05,
         num_steps=steps,
         drain=True,
     )
+    state, trace = res.state, res.trace
     np.testing.assert_array_equal(np.asarray(state.applied), np.full(k, k * steps))
     # after the drain every replica has applied the same set of gradients ⇒ equal replicas
     p = np.asarray(state.params)
@@ -426,16 +433,17 @@ def test_dasgd_applies_every_gradient_exactly_once(getkey):
 def test_dasgd_without_delay_is_allreduce_sgd(getkey):
     k, eta, steps = 4, 0.2, 30
     key = getkey()
-    state, trace = asy.run_dasgd(
+    res = asy.run_dasgd(
         noisy_quadratic,
         jnp.ones(3),
         key,
-        num_replicas=k,
+        num_agents=k,
         delay=asy.constant_delay(0),
         learning_rate=eta / k,
         num_steps=steps,
-        record=lambda s: s.params,
+        metrics_fn=lambda s: s.params,
     )
+    state, trace = res.state, res.trace
     # reference: x ← x − η mean_r g(x; ξ_r) with the same keys
     x = jnp.ones(3)
     for i in range(steps):
@@ -489,7 +497,7 @@ def test_gossip_preserves_mean_and_reaches_consensus_without_gradients(getkey):
 
 def test_gossip_delayed_views_record_mean_delay(getkey):
     w = asy.metropolis_weights(asy.topology("complete", 4))
-    _, trace = asy.run_gossip(
+    trace = asy.run_gossip(
         noisy_quadratic,
         jnp.ones(3),
         getkey(),
@@ -497,7 +505,7 @@ def test_gossip_delayed_views_record_mean_delay(getkey):
         delay=asy.constant_delay(3),
         learning_rate=0.05,
         num_steps=20,
-    )
+    ).trace
     np.testing.assert_array_equal(np.asarray(trace.view_delay), 3.0)
 
 
@@ -530,7 +538,7 @@ def test_gossip_delayed_views_record_mean_delay(getkey):
                 jr.key(0),
                 times=asy.compute_time("constant", 3),
                 num_arrivals=4,
-                num_updates=2,
+                num_steps=2,
             ),
             "num_arrivals",
         ),
@@ -539,12 +547,12 @@ def test_gossip_delayed_views_record_mean_delay(getkey):
                 quadratic_grad,
                 jnp.zeros(3),
                 jr.key(0),
-                num_replicas=0,
+                num_agents=0,
                 delay=asy.constant_delay(0),
                 learning_rate=0.1,
                 num_steps=2,
             ),
-            "num_replicas",
+            "num_agents",
         ),
     ],
 )
@@ -555,33 +563,34 @@ def test_bad_arguments_raise_clear_errors(call, match):
 
 def test_record_every_matches_subsampled_per_step_records(getkey):
     key = getkey()
-    kwargs = dict(times=asy.compute_time("exponential", 4), num_arrivals=2, num_updates=12)
-    _, every1 = asy.run_pool(
+    kwargs = dict(times=asy.compute_time("exponential", 4), num_arrivals=2, num_steps=12)
+    every1 = asy.run_pool(
         noisy_quadratic,
         asy.constant_rate(0.1),
         jnp.ones(3),
         key,
-        record=lambda s: s.params,
+        metrics_fn=lambda s: s.params,
         **kwargs,
     )
-    _, every3 = asy.run_pool(
+    every3 = asy.run_pool(
         noisy_quadratic,
         asy.constant_rate(0.1),
         jnp.ones(3),
         key,
-        record=lambda s: s.params,
+        metrics_fn=lambda s: s.params,
         record_every=3,
         **kwargs,
     )
-    np.testing.assert_array_equal(np.asarray(every3.record), np.asarray(every1.record)[2::3])
+    np.testing.assert_array_equal(np.asarray(every3.metrics), np.asarray(every1.metrics)[::3])
+    np.testing.assert_array_equal(np.asarray(every3.steps), np.arange(0, 13, 3))
     np.testing.assert_array_equal(
-        np.asarray(every3.arrivals.staleness), np.asarray(every1.arrivals.staleness)
+        np.asarray(every3.trace.staleness), np.asarray(every1.trace.staleness)
     )
     run1 = asy.delayed_sgd(quadratic_grad, jnp.ones(3), asy.uniform_delay(2), 0.1, 12, key,
-                           record=lambda x: x)  # fmt: skip
+                           metrics_fn=lambda s: s.params)  # fmt: skip
     run4 = asy.delayed_sgd(quadratic_grad, jnp.ones(3), asy.uniform_delay(2), 0.1, 12, key,
-                           record=lambda x: x, record_every=4)  # fmt: skip
-    np.testing.assert_array_equal(np.asarray(run4.trajectory), np.asarray(run1.trajectory)[3::4])
+                           metrics_fn=lambda s: s.params, record_every=4)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(run4.metrics), np.asarray(run1.metrics)[::4])
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -601,7 +610,7 @@ TINY = {
         batch_size=8,
     ),
     "staleness_aware": dict(
-        learners=4, softsync=(1, 4), epochs=0.05, evals=2, features=(4,), seeds=1
+        num_workers=4, softsync=(1, 4), epochs=0.05, evals=2, features=(4,), seeds=1
     ),
     "async_generalization": dict(
         tau_maxes=(0, 2),
@@ -612,7 +621,7 @@ TINY = {
         seeds=1,
         batch_size=8,
     ),
-    "decentralized": dict(replicas=4, dim=5, max_delays=(0, 2), num_steps=30, seeds=2),
+    "decentralized": dict(num_agents=4, dim=5, max_delays=(0, 2), num_steps=30, seeds=2),
 }
 
 

@@ -86,7 +86,7 @@ def _compute() -> dict[str, np.ndarray]:
 
     # Coupled SDE: quorum coupling, z replicated, x split over the devices.
     system = CoupledSystem(landscape, Quorum(1.0, 0.5), IsotropicNoise(0.3))
-    sol = solve(system, params, t1=0.5, dt=0.01, key=jr.key(3), saveat=6)
+    sol = solve(system, params, t1=0.5, step_size=0.01, key=jr.key(3), saveat=6)
     out["sde_x"] = np.asarray(sol.x)
     out["sde_z"] = np.asarray(sol.aux)
 
@@ -109,22 +109,22 @@ def _compute() -> dict[str, np.ndarray]:
     @jax.jit
     def pool(keys):
         def one(key):
-            state, trace = run_pool(
+            res = run_pool(
                 grad_fn, constant_rate(0.05), theta0, key,
-                times=compute_time("exponential", 4), num_arrivals=2, num_updates=30,
+                times=compute_time("exponential", 4), num_arrivals=2, num_steps=30,
             )  # fmt: skip
-            return state.params, trace.arrivals.staleness
+            return res.params, res.trace.staleness
 
         return jax.vmap(one)(keys)
 
     @jax.jit
     def dasgd(keys):
         def one(key):
-            state, trace = run_dasgd(
-                grad_fn, theta0, key, num_replicas=4, delay=uniform_delay(2),
+            res = run_dasgd(
+                grad_fn, theta0, key, num_agents=4, delay=uniform_delay(2),
                 learning_rate=0.05, num_steps=20,
             )  # fmt: skip
-            return state.params, trace.staleness_mean
+            return res.params, res.trace.staleness_mean
 
         return jax.vmap(one)(keys)
 

@@ -2,10 +2,16 @@
 
 - `delays`: delay models p(τ) and the delayed-iterate recursion with a ring buffer
   (O(τ_max × params));
-- `pool`: W workers on a virtual clock with n-softsync aggregation (O(W × params));
+- `pool`: W workers on a virtual clock (or a given arrival order) with n-softsync
+  aggregation (O(W × params));
 - `server`: server-side rules as Optax transforms that see each arrival's staleness and
   snapshot (constant, staleness-aware α0/τ, 1/(τ + 1), GEM, DC-ASGD, Regatti's shrinking rate);
 - `decentralized`: DASGD and gossip over topologies with delayed views.
+
+Every runner (`delayed_sgd`, `run_pool`, `run_dasgd`, `run_gossip`) is a recorded scan
+(`algorithms.loop.recorded_scan`) and returns an `algorithms.RunResult`: the final `state`,
+`metrics` from a `metrics_fn(state)` hook, the per-step `trace`, `diverged_step` (−1 when
+healthy) and continuation from a given `state`, `start_step` and `diverged_step`.
 """
 
 from algorithms.asynchrony.decentralized import (
@@ -24,7 +30,8 @@ from algorithms.asynchrony.decentralized import (
     topology,
 )
 from algorithms.asynchrony.delays import (
-    DelayedRun,
+    DelayedState,
+    DelayedTrace,
     DelayModel,
     RingBuffer,
     categorical_delay,
@@ -41,7 +48,6 @@ from algorithms.asynchrony.pool import (
     Arrivals,
     ComputeTime,
     PoolState,
-    PoolTrace,
     compute_time,
     pool_init,
     pool_step,
@@ -49,32 +55,34 @@ from algorithms.asynchrony.pool import (
     softsync_arrivals,
 )
 from algorithms.asynchrony.server import (
+    ArrivalRateState,
     DCASGDState,
     GEMState,
     adaptive_staleness_rate,
     constant_rate,
     dc_asgd,
     delay_scaled_learning_rate,
-    delay_scaled_rate,
     gem,
     scale_by_arrival_rate,
+    select_rule,
     staleness_aware_rate,
     with_server_momentum,
 )
 
 __all__ = [
+    "ArrivalRateState",
     "Arrivals",
     "ComputeTime",
     "DASGDState",
     "DASGDTrace",
     "DCASGDState",
     "DelayModel",
-    "DelayedRun",
+    "DelayedState",
+    "DelayedTrace",
     "GEMState",
     "GossipState",
     "GossipTrace",
     "PoolState",
-    "PoolTrace",
     "RingBuffer",
     "TOPOLOGIES",
     "adaptive_staleness_rate",
@@ -86,7 +94,6 @@ __all__ = [
     "dasgd_step",
     "dc_asgd",
     "delay_scaled_learning_rate",
-    "delay_scaled_rate",
     "delayed_sgd",
     "divergence_step",
     "gem",
@@ -103,6 +110,7 @@ __all__ = [
     "run_gossip",
     "run_pool",
     "scale_by_arrival_rate",
+    "select_rule",
     "softsync_arrivals",
     "staleness_aware_rate",
     "topology",

@@ -1,6 +1,6 @@
 """Decentralized asynchronous SGD (DASGD) and gossip averaging with delayed neighbour views.
 
-DASGD (Tosi & Theobald, "Convergence Analysis of Decentralized ASGD"): K replicas x_r, no
+DASGD (Tosi & Theobald, "Convergence Analysis of Decentralized ASGD"): K agents (replicas) x_r, no
 server. At every step k each replica computes a gradient on its own replica, applies it at
 once, and broadcasts it; replica r applies the gradient that replica s produced at step k at
 step k + d_{s→r,k}, with the delay d ~ p(d) on {0…D} drawn per message (d = 0 for s = r).
@@ -33,9 +33,13 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 from jax.typing import ArrayLike
+from jaxtyping import Array, Float, Int
 
 from algorithms.asynchrony.delays import DelayModel
+from algorithms.loop import RunResult, check_steps, divergence_check, recorded_scan, state_hook
+from dynamics.types import GradFn, PyTree
 
 __all__ = [
     "TOPOLOGIES",
@@ -56,13 +60,17 @@ __all__ = [
 TOPOLOGIES = ("ring", "torus", "exponential", "complete")
 
 
-def _check_replicas(num_replicas: int) -> int:
-    if not isinstance(num_replicas, (int, np.integer)) or num_replicas < 1:
-        raise ValueError(f"num_replicas must be an integer >= 1, got {num_replicas!r}")
-    return int(num_replicas)
+def _check_agents(num_agents: int) -> int:
+    if not isinstance(num_agents, (int, np.integer)) or num_agents < 1:
+        raise ValueError(f"num_agents must be an integer >= 1, got {num_agents!r}")
+    return int(num_agents)
 
 
-def topology(name: str, num_replicas: int) -> np.ndarray:
+def _rate(learning_rate: optax.ScalarOrSchedule, step):
+    return learning_rate(step) if callable(learning_rate) else learning_rate
+
+
+def topology(name: str, num_agents: int) -> np.ndarray:
     """The symmetric adjacency matrix (bool `(K, K)`, no self-loops) of a named topology.
 
     - "ring": i ~ i ± 1 (mod K);
@@ -72,7 +80,7 @@ def topology(name: str, num_replicas: int) -> np.ndarray:
     """
     if name not in TOPOLOGIES:
         raise ValueError(f"topology must be one of {TOPOLOGIES}, got {name!r}")
-    k = _check_replicas(num_replicas)
+    k = _check_agents(num_agents)
     adj = np.zeros((k, k), dtype=bool)
     idx = np.arange(k)
     if name == "ring":
@@ -120,16 +128,16 @@ class DASGDState(NamedTuple):
     t mod (D + 1)) by src reaches dst (−1: none); `applied` (int `(K,)`): gradients applied per
     replica; `step`."""
 
-    params: object
-    inbox: object
-    arrival: jax.Array
-    applied: jax.Array
-    step: jax.Array
+    params: PyTree
+    inbox: PyTree
+    arrival: Int[Array, "slots agents agents"]
+    applied: Int[Array, " agents"]
+    step: Int[Array, ""]
 
 
-def dasgd_init(params, num_replicas: int, delay: DelayModel) -> DASGDState:
+def dasgd_init(params, num_agents: int, delay: DelayModel) -> DASGDState:
     """K replicas all starting at `params` (one model, no agent axis), empty inbox."""
-    k = _check_replicas(num_replicas)
+    k = _check_agents(num_agents)
     size = delay.tau_max + 1
     replicas = jax.tree.map(lambda p: jnp.broadcast_to(p, (k,) + jnp.shape(p)), params)
     inbox = jax.tree.map(lambda p: jnp.zeros((size, k) + jnp.shape(p), p.dtype), params)
@@ -153,14 +161,15 @@ def dasgd_step(
     state: DASGDState,
     key: jax.Array,
     *,
-    grad_fn: Callable,
+    grad_fn: GradFn,
     delay: DelayModel,
-    learning_rate: ArrayLike,
+    learning_rate: optax.ScalarOrSchedule,
     generate: bool = True,
 ) -> tuple[DASGDState, tuple[jax.Array, jax.Array]]:
     """One DASGD step; returns the new state and `(losses (K,), S (K, K))` after the step.
 
-    `generate=False` computes no new gradient (drains in-flight messages).
+    `generate=False` computes no new gradient (drains in-flight messages). A schedule
+    `learning_rate` is evaluated at the step index `state.step`.
     """
     size = jax.tree.leaves(state.inbox)[0].shape[0]
     k = state.applied.shape[0]
@@ -183,8 +192,9 @@ def dasgd_step(
         inbox, arrival = state.inbox, state.arrival
     current = step % size
     due = jnp.sum(arrival == step, axis=(0, 1), dtype=jnp.int32)  # (dst,) applied now
+    lr = _rate(learning_rate, step)
     params = jax.tree.map(
-        lambda p, box: (p - learning_rate * box[current]).astype(p.dtype), state.params, inbox
+        lambda p, box: (p - lr * box[current]).astype(p.dtype), state.params, inbox
     )
     inbox = jax.tree.map(lambda box: box.at[current].set(0.0), inbox)
     staleness = _pairwise_staleness(arrival, step)
@@ -194,87 +204,122 @@ def dasgd_step(
 
 class DASGDTrace(NamedTuple):
     """Per step: `loss` (K,) at each replica (NaN while draining), `staleness_mean` and
-    `staleness_max` of S_ij over i ≠ j, and `record(state)`."""
+    `staleness_max` of S_ij over i ≠ j."""
 
-    loss: jax.Array
-    staleness_mean: jax.Array
-    staleness_max: jax.Array
-    record: object
+    loss: Float[Array, " agents"]
+    staleness_mean: Float[Array, ""]
+    staleness_max: Int[Array, ""]
 
 
 def run_dasgd(
-    grad_fn: Callable,
-    params,
+    grad_fn: GradFn,
+    params: PyTree,
     key: jax.Array,
     *,
-    num_replicas: int,
+    num_agents: int,
     delay: DelayModel,
-    learning_rate: ArrayLike,
+    learning_rate: optax.ScalarOrSchedule,
     num_steps: int,
     drain: bool = False,
-    record: Callable[[DASGDState], object] | None = None,
-) -> tuple[DASGDState, DASGDTrace]:
+    metrics_fn: Callable[[DASGDState], PyTree] | None = None,
+    record_every: int = 1,
+    state: DASGDState | None = None,
+    start_step: int = 0,
+    diverged_step: int = -1,
+    divergence_threshold: float | None = None,
+) -> RunResult:
     """Run `num_steps` DASGD steps (then D drain steps without new gradients if `drain`).
+
+    A recorded scan (`algorithms.loop.recorded_scan`): records, divergence and continuation
+    follow its conventions.
 
     Args:
       grad_fn: `grad_fn(x, key) -> (loss, grad)` for one replica.
-      params: x_0, shared by all replicas (no agent axis).
-      key: PRNG key.
-      num_replicas: K >= 1.
+      params: x_0, shared by all replicas (no agent axis; not used when `state` is given).
+      key: PRNG key; step k uses `fold_in(key, k)`.
+      num_agents: K >= 1 replicas.
       delay: message delay distribution on {0…D} (steps).
-      learning_rate: η applied to every gradient (η_sync/K matches all-reduce SGD at delay 0).
-      num_steps: steps with new gradients (static).
-      drain: append D steps that only deliver in-flight messages.
-      record: optional `record(state) -> pytree` per step.
+      learning_rate: η applied to every gradient (η_sync/K matches all-reduce SGD at delay
+        0), a scalar or an Optax schedule of the step.
+      num_steps: steps with new gradients (static), a multiple of `record_every`.
+      drain: append D steps that only deliver in-flight messages (D a multiple of
+        `record_every`); their records and trace follow the run's.
+      metrics_fn: optional `metrics_fn(state) -> pytree` (state a `DASGDState`), recorded at
+        `start_step` and after every `record_every` steps.
+      record_every: steps between records, >= 1.
+      state, start_step, diverged_step: continue an earlier run from its `result.state`, the
+        index of its next step and its `diverged_step`.
+      divergence_threshold: if given, a step that makes some |x_r| >= threshold or a loss
+        non-finite is recorded as `diverged_step` and its block undone; None never checks.
 
     Returns:
-      `(final_state, DASGDTrace)`; S_avg = `trace.staleness_mean[:num_steps].mean()`,
+      A `RunResult` with `state` the final `DASGDState` and `trace` a `DASGDTrace` (length
+      `num_steps`, + D when draining); S_avg = `trace.staleness_mean[:num_steps].mean()`,
       S_max = `trace.staleness_max.max()`.
     """
-    k = _check_replicas(num_replicas)
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
-        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
-    state = dasgd_init(params, k, delay)
+    k = _check_agents(num_agents)
+    check_steps(num_steps, record_every, start_step)
+    drain_steps = delay.tau_max if drain else 0
+    if drain_steps % record_every:
+        raise ValueError(
+            f"the D={drain_steps} drain steps must be a multiple of record_every={record_every}"
+        )
+    if state is None:
+        state = dasgd_init(params, k, delay)
     off = ~jnp.eye(k, dtype=bool)
+    record = state_hook(metrics_fn)
 
-    def make_body(generate):
-        def body(state, i):
+    def make_step(generate):
+        def step(state, i):
             state, (losses, s) = dasgd_step(
-                state,
-                jr.fold_in(key, i),
-                grad_fn=grad_fn,
-                delay=delay,
-                learning_rate=learning_rate,
-                generate=generate,
-            )
+                state, jr.fold_in(key, i), grad_fn=grad_fn, delay=delay,
+                learning_rate=learning_rate, generate=generate,
+            )  # fmt: skip
             s_mean = jnp.sum(jnp.where(off, s, 0)) / max(k * (k - 1), 1)
             s_max = jnp.max(jnp.where(off, s, 0))
-            out = (losses, s_mean, s_max, None if record is None else record(state))
-            return state, out
+            return state, DASGDTrace(losses, s_mean, s_max)
 
-        return body
+        return step
 
-    state, out = jax.lax.scan(make_body(True), state, jnp.arange(num_steps))
-    if drain and delay.tau_max > 0:
-        state, out2 = jax.lax.scan(
-            make_body(False), state, jnp.arange(num_steps, num_steps + delay.tau_max)
+    def healthy(check_losses):
+        # drain steps compute no gradients, so they have no losses to check
+        return divergence_check(
+            divergence_threshold, (lambda t: t.loss) if check_losses else (lambda t: ())
         )
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, out2)
-    return state, DASGDTrace(*out)
+
+    result = recorded_scan(
+        make_step(True), state, num_steps=num_steps, record_every=record_every,
+        metrics_fn=record, start_step=start_step, diverged_step=diverged_step,
+        healthy=healthy(True),
+    )  # fmt: skip
+    if not drain_steps:
+        return result
+    drained = recorded_scan(
+        make_step(False), result.state, num_steps=drain_steps, record_every=record_every,
+        metrics_fn=record, start_step=result.steps[-1], diverged_step=result.diverged_step,
+        healthy=healthy(False),
+    )  # fmt: skip
+    join = lambda a, b: jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)  # noqa: E731
+    metrics = jax.tree.map(lambda m: m[1:], drained.metrics)
+    return RunResult(
+        drained.state, jnp.concatenate([result.steps, drained.steps[1:]]),
+        join(result.metrics, metrics), join(result.trace, drained.trace),
+        drained.diverged_step,
+    )  # fmt: skip
 
 
 class GossipState(NamedTuple):
     """Gossip state: `params` (leaves `(K, ...)`), `history` of the last D + 1 iterates
     (leaves `(D + 1, K, ...)`, slot = step mod (D + 1)), `step`."""
 
-    params: object
-    history: object
-    step: jax.Array
+    params: PyTree
+    history: PyTree
+    step: Int[Array, ""]
 
 
-def gossip_init(params, num_replicas: int, delay: DelayModel) -> GossipState:
+def gossip_init(params, num_agents: int, delay: DelayModel) -> GossipState:
     """K replicas at `params`; the history is filled with x_0 (views before 0 see x_0)."""
-    k = _check_replicas(num_replicas)
+    k = _check_agents(num_agents)
     size = delay.tau_max + 1
     replicas = jax.tree.map(lambda p: jnp.broadcast_to(p, (k,) + jnp.shape(p)), params)
     history = jax.tree.map(lambda p: jnp.broadcast_to(p, (size,) + jnp.shape(p)), replicas)
@@ -285,12 +330,14 @@ def gossip_step(
     state: GossipState,
     key: jax.Array,
     *,
-    grad_fn: Callable,
+    grad_fn: GradFn,
     mixing: jax.Array,
     delay: DelayModel,
-    learning_rate: ArrayLike,
+    learning_rate: optax.ScalarOrSchedule,
 ) -> tuple[GossipState, tuple[jax.Array, jax.Array]]:
-    """x_i ← Σ_j W_ij x_j(k − d_ij) − η g_i(x_i); returns `(losses (K,), mean view delay)`."""
+    """x_i ← Σ_j W_ij x_j(k − d_ij) − η_k g_i(x_i); returns `(losses (K,), mean view delay)`.
+
+    A schedule `learning_rate` is evaluated at the step index `state.step`."""
     size = jax.tree.leaves(state.history)[0].shape[0]
     k = mixing.shape[0]
     key_grad, key_delay = jr.split(key)
@@ -298,9 +345,10 @@ def gossip_step(
     d = _draw_delays(delay, key_delay, k)  # (i viewer, j viewed)
     slot = (state.step - d) % size
     cols = jnp.broadcast_to(jnp.arange(k)[None, :], (k, k))
+    lr = _rate(learning_rate, state.step)
     params = jax.tree.map(
         lambda h, g: (
-            jnp.einsum("ij,ij...->i...", mixing.astype(h.dtype), h[slot, cols]) - learning_rate * g
+            jnp.einsum("ij,ij...->i...", mixing.astype(h.dtype), h[slot, cols]) - lr * g
         ).astype(h.dtype),
         state.history,
         grads,
@@ -313,56 +361,71 @@ def gossip_step(
 
 
 class GossipTrace(NamedTuple):
-    """Per step: `loss` (K,), `view_delay` (mean delay of the neighbour views used), `record`."""
+    """Per step: `loss` (K,) and `view_delay` (mean delay of the neighbour views used)."""
 
-    loss: jax.Array
-    view_delay: jax.Array
-    record: object
+    loss: Float[Array, " agents"]
+    view_delay: Float[Array, ""]
 
 
 def run_gossip(
-    grad_fn: Callable,
-    params,
+    grad_fn: GradFn,
+    params: PyTree,
     key: jax.Array,
     *,
     mixing: ArrayLike,
     delay: DelayModel,
-    learning_rate: ArrayLike,
+    learning_rate: optax.ScalarOrSchedule,
     num_steps: int,
-    record: Callable[[GossipState], object] | None = None,
-) -> tuple[GossipState, GossipTrace]:
+    metrics_fn: Callable[[GossipState], PyTree] | None = None,
+    record_every: int = 1,
+    state: GossipState | None = None,
+    start_step: int = 0,
+    diverged_step: int = -1,
+    divergence_threshold: float | None = None,
+) -> RunResult:
     """Run `num_steps` of gossip SGD with delayed neighbour views.
+
+    A recorded scan (`algorithms.loop.recorded_scan`): records, divergence and continuation
+    follow its conventions.
 
     Args:
       grad_fn: `grad_fn(x, key) -> (loss, grad)` for one replica.
-      params: x_0 shared by all replicas (no agent axis).
-      key: PRNG key.
+      params: x_0 shared by all replicas (no agent axis; not used when `state` is given).
+      key: PRNG key; step k uses `fold_in(key, k)`.
       mixing: W, `(K, K)` doubly stochastic (e.g. `metropolis_weights(topology(...))`).
       delay: view delay distribution on {0…D} (steps).
-      learning_rate: η > 0.
-      num_steps: steps (static).
-      record: optional `record(state) -> pytree` per step.
+      learning_rate: η > 0, a scalar or an Optax schedule of the step.
+      num_steps: steps (static), a multiple of `record_every`.
+      metrics_fn: optional `metrics_fn(state) -> pytree` (state a `GossipState`), recorded
+        at `start_step` and after every `record_every` steps.
+      record_every: steps between records, >= 1.
+      state, start_step, diverged_step: continue an earlier run from its `result.state`, the
+        index of its next step and its `diverged_step`.
+      divergence_threshold: if given, a step that makes some |x_i| >= threshold or a loss
+        non-finite is recorded as `diverged_step` and its block undone; None never checks.
+
+    Returns:
+      A `RunResult` with `state` the final `GossipState` and `trace` a `GossipTrace`.
     """
     mixing = np.asarray(mixing, dtype=float)
     if mixing.ndim != 2 or mixing.shape[0] != mixing.shape[1]:
         raise ValueError(f"mixing must be a square matrix, got shape {mixing.shape}")
     if not np.allclose(mixing.sum(axis=1), 1.0) or np.any(mixing < 0):
         raise ValueError("mixing must be non-negative with rows summing to 1")
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
-        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
+    check_steps(num_steps, record_every, start_step)
     w = jnp.asarray(mixing)
-    state = gossip_init(params, mixing.shape[0], delay)
+    if state is None:
+        state = gossip_init(params, mixing.shape[0], delay)
 
-    def body(state, i):
+    def step(state, i):
         state, (losses, view_delay) = gossip_step(
-            state,
-            jr.fold_in(key, i),
-            grad_fn=grad_fn,
-            mixing=w,
-            delay=delay,
+            state, jr.fold_in(key, i), grad_fn=grad_fn, mixing=w, delay=delay,
             learning_rate=learning_rate,
-        )
-        return state, (losses, view_delay, None if record is None else record(state))
+        )  # fmt: skip
+        return state, GossipTrace(losses, view_delay)
 
-    state, out = jax.lax.scan(body, state, jnp.arange(num_steps))
-    return state, GossipTrace(*out)
+    return recorded_scan(
+        step, state, num_steps=num_steps, record_every=record_every,
+        metrics_fn=state_hook(metrics_fn), start_step=start_step, diverged_step=diverged_step,
+        healthy=divergence_check(divergence_threshold),
+    )  # fmt: skip

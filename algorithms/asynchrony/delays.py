@@ -26,7 +26,12 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 from jax.typing import ArrayLike
+from jaxtyping import Array, Float, Int
+
+from algorithms.loop import RunResult, check_steps, divergence_check, recorded_scan, state_hook
+from dynamics.types import GradFn, PyTree
 
 __all__ = [
     "DelayModel",
@@ -38,12 +43,11 @@ __all__ = [
     "ring_buffer_init",
     "ring_buffer_push",
     "ring_buffer_read",
-    "DelayedRun",
+    "DelayedState",
+    "DelayedTrace",
     "delayed_sgd",
     "divergence_step",
 ]
-
-GradFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 class DelayModel(NamedTuple):
@@ -130,8 +134,8 @@ class RingBuffer(NamedTuple):
     """State holding the last `τ_max + 1` iterates; `history` leaves have a leading axis
     `τ_max + 1`, `head` is the slot of the newest iterate x_k."""
 
-    history: object
-    head: jax.Array
+    history: PyTree
+    head: Int[Array, ""]
 
 
 def ring_buffer_init(params, tau_max: int) -> RingBuffer:
@@ -156,65 +160,77 @@ def ring_buffer_read(buffer: RingBuffer, tau: ArrayLike):
     return jax.tree.map(lambda h: h[slot], buffer.history)
 
 
-class DelayedRun(NamedTuple):
-    """Result of `delayed_sgd`: final params, per-step losses at the stale iterate, delays.
+class DelayedState(NamedTuple):
+    """State of the delayed recursion: the iterate `params` x_k and the `buffer` of the last
+    `τ_max + 1` iterates."""
 
-    `losses[k]` is the loss reported by `grad_fn` at x_{k−τ_k} (sampled mode) or the w-weighted
-    loss (mean mode), shape `(num_steps,)`; `staleness[k]` is τ_k (sampled mode; −1 in mean
-    mode); `trajectory` is `record(x_{k+1})` stacked over steps, or None.
-    """
+    params: PyTree
+    buffer: RingBuffer
 
-    params: object
-    losses: jax.Array
-    staleness: jax.Array
-    trajectory: object
+
+class DelayedTrace(NamedTuple):
+    """Per step k: `loss` reported by `grad_fn` at x_{k−τ_k} (sampled mode) or the w-weighted
+    loss (mean mode); `staleness` τ_k (sampled mode; −1 in mean mode)."""
+
+    loss: Float[Array, ""]
+    staleness: Int[Array, ""]
 
 
 def delayed_sgd(
     grad_fn: GradFn,
-    params,
+    params: PyTree,
     delay: DelayModel,
-    learning_rate: ArrayLike,
+    learning_rate: optax.ScalarOrSchedule,
     num_steps: int,
     key: jax.Array,
     *,
     mode: str = "sample",
-    record: Callable | None = None,
+    metrics_fn: Callable[[DelayedState], PyTree] | None = None,
     record_every: int = 1,
-) -> DelayedRun:
-    """Run `x_{k+1} = x_k − η Σ_τ w(τ) g(x_{k−τ})` for `num_steps` server updates.
+    state: DelayedState | None = None,
+    start_step: int = 0,
+    diverged_step: int = -1,
+    divergence_threshold: float | None = None,
+) -> RunResult:
+    """Run `x_{k+1} = x_k − η_k Σ_τ w(τ) g(x_{k−τ})` for `num_steps` server updates.
 
     Traceable (call it inside `jit`/`vmap`; `delay.probs` and `learning_rate` may be traced).
+    A recorded scan (`algorithms.loop.recorded_scan`): records, divergence and continuation
+    follow its conventions.
 
     Args:
       grad_fn: `grad_fn(x, key) -> (loss, grad)` for one worker; `grad` has the pytree
         structure of `x`.
-      params: x_0.
+      params: x_0 (not used when `state` is given).
       delay: the delay model p(τ) on {0…τ_max}.
-      learning_rate: η > 0 (scalar).
+      learning_rate: η > 0, a scalar or an Optax schedule of the step k.
       num_steps: number of server updates K (static).
       key: PRNG key; step k uses `fold_in(key, k)`.
       mode: "sample" (one gradient at a delay τ_k ~ p) or "mean" (w(τ) = p(τ), τ_max + 1
         gradients per step).
-      record: optional `record(x) -> pytree` saved after every `record_every` steps.
+      metrics_fn: optional `metrics_fn(state) -> pytree` (state a `DelayedState`), recorded
+        at step `start_step` and after every `record_every` steps.
       record_every: steps between records, >= 1, must divide `num_steps`.
+      state, start_step, diverged_step: continue an earlier run from its `result.state`,
+        the index of its next step and its `diverged_step`.
+      divergence_threshold: if given, an update that makes some |x| >= threshold or the
+        loss non-finite is recorded as `diverged_step` and its block undone; None (default)
+        never checks.
 
     Returns:
-      A `DelayedRun`. Memory O(τ_max × params) for the buffer.
+      A `RunResult`: `state` a `DelayedState` (`result.params` = x_K), `trace` a
+      `DelayedTrace` of length K, `metrics` with leading axis `K / record_every + 1`.
+      Memory O(τ_max × params) for the buffer.
     """
     if mode not in ("sample", "mean"):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
-        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
-    if not isinstance(record_every, (int, np.integer)) or record_every < 1:
-        raise ValueError(f"record_every must be an integer >= 1, got {record_every!r}")
-    if num_steps % record_every:
-        raise ValueError(f"record_every={record_every} must divide num_steps={num_steps}")
+    check_steps(num_steps, record_every, start_step)
     tau_max = delay.tau_max
-    buffer = ring_buffer_init(params, tau_max)
+    if state is None:
+        state = DelayedState(params, ring_buffer_init(params, tau_max))
 
-    def step(carry, k):
-        x, buf = carry
+    def step(state, k):
+        x, buf = state
         key_k = jr.fold_in(key, k)
         if mode == "sample":
             tau = delay.sample(jr.fold_in(key_k, 0))
@@ -228,25 +244,24 @@ def delayed_sgd(
             loss = jnp.sum(delay.probs * losses)
             direction = jax.tree.map(lambda g: jnp.tensordot(delay.probs, g, axes=1), gs)
             tau = jnp.asarray(-1, jnp.int32)
-        x_new = jax.tree.map(lambda p, d: (p - learning_rate * d).astype(p.dtype), x, direction)
-        buf = ring_buffer_push(buf, x_new)
-        return (x_new, buf), (loss, tau)
+        lr = learning_rate(k) if callable(learning_rate) else learning_rate
+        x_new = jax.tree.map(lambda p, d: (p - lr * d).astype(p.dtype), x, direction)
+        return DelayedState(x_new, ring_buffer_push(buf, x_new)), DelayedTrace(loss, tau)
 
-    def chunk(carry, ks):
-        carry, out = jax.lax.scan(step, carry, ks)
-        return carry, (out, None if record is None else record(carry[0]))
-
-    ks = jnp.arange(num_steps).reshape(num_steps // record_every, record_every)
-    (x, _), ((losses, taus), traj) = jax.lax.scan(chunk, (params, buffer), ks)
-    return DelayedRun(x, losses.reshape(num_steps), taus.reshape(num_steps), traj)
+    return recorded_scan(
+        step, state, num_steps=num_steps, record_every=record_every,
+        metrics_fn=state_hook(metrics_fn),
+        start_step=start_step, diverged_step=diverged_step,
+        healthy=divergence_check(divergence_threshold),
+    )  # fmt: skip
 
 
 def divergence_step(values: ArrayLike, threshold: float = 1e6) -> jax.Array:
     """The first index along the last axis where `values` is non-finite or |value| > threshold.
 
-    Returns the length of the last axis where the run never diverged (int, shape `values[..., 0]`).
+    Returns −1 where the run never diverged (the `diverged_step` convention of the runners;
+    int, shape `values[..., 0]`).
     """
     v = jnp.asarray(values)
     bad = ~jnp.isfinite(v) | (jnp.abs(v) > threshold)
-    n = v.shape[-1]
-    return jnp.where(jnp.any(bad, axis=-1), jnp.argmax(bad, axis=-1), n)
+    return jnp.where(jnp.any(bad, axis=-1), jnp.argmax(bad, axis=-1), -1)

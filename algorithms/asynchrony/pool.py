@@ -41,6 +41,10 @@ import jax.random as jr
 import numpy as np
 import optax
 from jax.typing import ArrayLike
+from jaxtyping import Array, Int
+
+from algorithms.loop import RunResult, check_steps, divergence_check, recorded_scan, state_hook
+from dynamics.types import GradFn, PyTree
 
 __all__ = [
     "ComputeTime",
@@ -48,7 +52,6 @@ __all__ = [
     "softsync_arrivals",
     "PoolState",
     "Arrivals",
-    "PoolTrace",
     "pool_init",
     "pool_step",
     "run_pool",
@@ -149,9 +152,9 @@ class PoolState(NamedTuple):
     of the last update; `version`: number of server updates so far.
     """
 
-    params: object
-    opt_state: object
-    snapshots: object
+    params: PyTree
+    opt_state: PyTree
+    snapshots: PyTree
     pull_version: jax.Array
     finish_time: jax.Array
     clock: jax.Array
@@ -166,14 +169,6 @@ class Arrivals(NamedTuple):
     staleness: jax.Array
     worker: jax.Array
     time: jax.Array
-
-
-class PoolTrace(NamedTuple):
-    """`Arrivals` stacked over server updates (`(T, c)`, time `(T,)`) and `record(state)`
-    after every `record_every` updates (leading axis T / record_every), or None."""
-
-    arrivals: Arrivals
-    record: object
 
 
 def _worker_keys(key, workers, versions):
@@ -203,19 +198,25 @@ def pool_step(
     state: PoolState,
     key: jax.Array,
     *,
-    grad_fn: Callable,
+    grad_fn: GradFn,
     rule: optax.GradientTransformationExtraArgs,
     times: ComputeTime,
     num_arrivals: int,
+    workers: Int[Array, " c"] | None = None,
 ) -> tuple[PoolState, Arrivals]:
     """One server update: the next `c = num_arrivals` arrivals in completion order.
 
     With `key_grad, key_time = split(key)`, the gradient of worker w pulled at version v uses
     `fold_in(fold_in(key_grad, w), v)`; the new compute times use `key_time`.
+
+    `workers`: the c distinct workers that arrive now, given instead of the virtual clock's
+    order (their compute times are still drawn, and the clock moves to the latest of their
+    completion times, so `Arrivals.time` is then not a meaningful time).
     """
     key_grad, key_time = jr.split(key)
-    order = jnp.argsort(state.finish_time, stable=True)
-    workers = order[:num_arrivals]
+    if workers is None:
+        order = jnp.argsort(state.finish_time, stable=True)
+        workers = order[:num_arrivals]
     pulled = state.pull_version[workers]
     snaps = jax.tree.map(lambda s: s[workers], state.snapshots)
     staleness = state.version - pulled
@@ -239,34 +240,54 @@ def pool_step(
 
 
 def run_pool(
-    grad_fn: Callable,
+    grad_fn: GradFn,
     rule: optax.GradientTransformationExtraArgs,
-    params,
+    params: PyTree,
     key: jax.Array,
     *,
     times: ComputeTime,
     num_arrivals: int,
-    num_updates: int,
-    record: Callable[[PoolState], object] | None = None,
+    num_steps: int,
+    metrics_fn: Callable[[PoolState], PyTree] | None = None,
     record_every: int = 1,
-) -> tuple[PoolState, PoolTrace]:
-    """Run `num_updates` server updates of an asynchronous worker pool (traceable).
+    order: ArrayLike | None = None,
+    state: PoolState | None = None,
+    start_step: int = 0,
+    diverged_step: int = -1,
+    divergence_threshold: float | None = None,
+) -> RunResult:
+    """Run `num_steps` server updates of an asynchronous worker pool (traceable).
+
+    A recorded scan (`algorithms.loop.recorded_scan`) over server updates k: records,
+    divergence and continuation follow its conventions.
 
     Args:
       grad_fn: `grad_fn(params, key) -> (loss, grad)` for one worker at its snapshot.
       rule: a server rule from `algorithms.asynchrony.server` (optionally chained with
         server momentum); it receives `staleness`, `snapshot` and `worker` extras.
-      params: θ_0.
-      key: PRNG key (minibatches and compute times derive from it).
+      params: θ_0 (not used when `state` is given).
+      key: PRNG key (minibatches and compute times derive from it); update k uses
+        `fold_in(key, k)`.
       times: the compute-time model; its length is the number of workers W.
       num_arrivals: c, gradients per server update, 1 <= c <= W (`softsync_arrivals(W, n)`).
-      num_updates: T, server updates (static). Worker steps = c·T.
-      record: optional `record(state) -> pytree` stored after every `record_every` updates.
-      record_every: updates between records (>= 1, must divide `num_updates`); use it for
-        costly records such as a test-set evaluation.
+      num_steps: T, server updates (static). Worker steps = c·T.
+      metrics_fn: optional `metrics_fn(state) -> pytree` (state a `PoolState`), recorded at
+        `start_step` and after every `record_every` updates; use `record_every` for costly
+        records such as a test-set evaluation.
+      record_every: updates between records (>= 1, must divide `num_steps`).
+      order: optional int array `(num_steps, c)`: row i lists the c distinct workers that
+        arrive at update `start_step + i`, instead of the virtual clock's completion order
+        (e.g. a recorded or adversarial schedule); staleness then follows from it.
+      state, start_step, diverged_step: continue an earlier run from its `result.state`, the
+        index of its next update and its `diverged_step`; T updates then T' more give
+        bitwise the numbers of T + T' at once.
+      divergence_threshold: if given, an update that makes some |θ| >= threshold or an
+        arrival's loss non-finite is recorded as `diverged_step` and its block undone; None
+        (default) never checks.
 
     Returns:
-      `(final_state, PoolTrace)`. Memory O(W × params).
+      A `RunResult`: `state` the final `PoolState` (`result.params` = θ), `trace` the
+      `Arrivals` of every update (leaves `(T, c)`, time `(T,)`). Memory O(W × params).
     """
     num_workers = times.num_workers
     if not isinstance(num_arrivals, (int, np.integer)) or not 1 <= num_arrivals <= num_workers:
@@ -274,29 +295,33 @@ def run_pool(
             f"num_arrivals must be an integer in [1, num_workers={num_workers}], "
             f"got {num_arrivals!r}"
         )
-    if not isinstance(num_updates, (int, np.integer)) or num_updates < 0:
-        raise ValueError(f"num_updates must be an integer >= 0, got {num_updates!r}")
-    if not isinstance(record_every, (int, np.integer)) or record_every < 1:
-        raise ValueError(f"record_every must be an integer >= 1, got {record_every!r}")
-    if num_updates % record_every:
-        raise ValueError(f"record_every={record_every} must divide num_updates={num_updates}")
-    state = pool_init(params, rule, times, key)
+    check_steps(num_steps, record_every, start_step)
+    if order is not None:
+        order = jnp.asarray(order)
+        if order.shape != (num_steps, num_arrivals) or not jnp.issubdtype(order.dtype, jnp.integer):
+            raise ValueError(
+                f"order must be an integer array of shape (num_steps, num_arrivals) = "
+                f"({num_steps}, {num_arrivals}), got {order.dtype} {order.shape}"
+            )
+        if not isinstance(order, jax.core.Tracer):
+            rows = np.asarray(order)
+            if rows.min(initial=0) < 0 or rows.max(initial=0) >= num_workers:
+                raise ValueError(f"order must hold worker indices in [0, {num_workers})")
+            if any(len(set(row)) != row.size for row in rows):
+                raise ValueError("each row of order must list distinct workers")
+    if state is None:
+        state = pool_init(params, rule, times, key)
+    first = jnp.asarray(start_step, jnp.int32)
 
-    def body(state, k):
+    def step(state, k):
+        workers = None if order is None else order[k - first]
         return pool_step(
-            state,
-            jr.fold_in(key, k),
-            grad_fn=grad_fn,
-            rule=rule,
-            times=times,
-            num_arrivals=num_arrivals,
-        )
+            state, jr.fold_in(key, k), grad_fn=grad_fn, rule=rule, times=times,
+            num_arrivals=num_arrivals, workers=workers,
+        )  # fmt: skip
 
-    def chunk(state, ks):
-        state, arrivals = jax.lax.scan(body, state, ks)
-        return state, (arrivals, None if record is None else record(state))
-
-    ks = jnp.arange(num_updates).reshape(num_updates // record_every, record_every)
-    state, (arrivals, rec) = jax.lax.scan(chunk, state, ks)
-    arrivals = jax.tree.map(lambda a: a.reshape((num_updates,) + a.shape[2:]), arrivals)
-    return state, PoolTrace(arrivals, rec)
+    return recorded_scan(
+        step, state, num_steps=num_steps, record_every=record_every,
+        metrics_fn=state_hook(metrics_fn), start_step=start_step, diverged_step=diverged_step,
+        healthy=divergence_check(divergence_threshold),
+    )  # fmt: skip

@@ -30,7 +30,7 @@ Regatti et al., "Distributed SGD Generalizes Well Under Asynchrony".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -38,14 +38,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike
+from jaxtyping import Array, Int
+
+from dynamics.types import PyTree
 
 __all__ = [
+    "ArrivalRateState",
     "scale_by_arrival_rate",
     "constant_rate",
     "staleness_aware_rate",
     "adaptive_staleness_rate",
     "delay_scaled_learning_rate",
-    "delay_scaled_rate",
+    "select_rule",
     "GEMState",
     "gem",
     "DCASGDState",
@@ -54,10 +58,15 @@ __all__ = [
 ]
 
 
-def _check_positive(value, name: str) -> float:
+def _check_positive(value, name: str):
     if isinstance(value, (int, float, np.floating, np.integer)) and not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return value
+
+
+def _rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array):
+    """η at server update `count`: the schedule's value, or the scalar itself."""
+    return learning_rate(count) if callable(learning_rate) else learning_rate
 
 
 def _per_arrival(a: jax.Array, leaf: jax.Array) -> jax.Array:
@@ -65,12 +74,28 @@ def _per_arrival(a: jax.Array, leaf: jax.Array) -> jax.Array:
     return jnp.reshape(a, a.shape + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)
 
 
-def _mean_arrivals(tree):
-    return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
-
-
 class ArrivalRateState(NamedTuple):
-    """Empty state: a staleness-dependent rate keeps nothing between updates."""
+    """State holding the number of server updates so far (the argument of a schedule)."""
+
+    count: Int[Array, ""]
+
+
+def _scale_by_rate(
+    rate_fn: Callable[[jax.Array, jax.Array], jax.Array],
+) -> optax.GradientTransformationExtraArgs:
+    """The step `−(1/c) Σ_l α_l g_l` with `α = rate_fn(τ (c,), count ())`."""
+
+    def init_fn(params):
+        del params
+        return ArrivalRateState(jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None, *, staleness, **extra_args):
+        del params, extra_args
+        alpha = rate_fn(jnp.asarray(staleness), state.count)
+        step = jax.tree.map(lambda g: -jnp.mean(_per_arrival(alpha, g) * g, axis=0), updates)
+        return step, ArrivalRateState(optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def scale_by_arrival_rate(
@@ -81,82 +106,113 @@ def scale_by_arrival_rate(
     Args:
       rate_fn: maps staleness τ (int, `(c,)`) to learning rates α(τ) (`(c,)`).
     """
+    return _scale_by_rate(lambda tau, count: rate_fn(tau))
+
+
+def constant_rate(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
+    """Downpour / ASGD / hardsync: α = η_k whatever the staleness.
+
+    Args:
+      learning_rate: α0 > 0, or an Optax schedule of the server update k.
+    """
+    _check_positive(learning_rate, "learning_rate")
+    return _scale_by_rate(lambda tau, k: jnp.full(tau.shape, _rate_at(learning_rate, k)))
+
+
+def staleness_aware_rate(
+    learning_rate: optax.ScalarOrSchedule,
+) -> optax.GradientTransformationExtraArgs:
+    """Zhang et al.'s staleness-aware rate: α(τ) = α0 · (1/τ) for τ > 0 and α0 for τ = 0.
+
+    Args:
+      learning_rate: α0 > 0, or an Optax schedule of the server update k.
+    """
+    _check_positive(learning_rate, "learning_rate")
+    return _scale_by_rate(
+        lambda tau, k: (
+            _rate_at(learning_rate, k) * (1.0 / jnp.maximum(tau, 1).astype(jnp.result_type(float)))
+        )
+    )
+
+
+def adaptive_staleness_rate(
+    learning_rate: optax.ScalarOrSchedule,
+) -> optax.GradientTransformationExtraArgs:
+    """The "adaptive staleness" baseline of Hermans & Louppe: α(τ) = α0/(τ + 1).
+
+    Args:
+      learning_rate: α0 > 0, or an Optax schedule of the server update k.
+    """
+    _check_positive(learning_rate, "learning_rate")
+    return _scale_by_rate(
+        lambda tau, k: _rate_at(learning_rate, k) / (tau + 1).astype(jnp.result_type(float))
+    )
+
+
+def select_rule(
+    index: ArrayLike, rules: Sequence[optax.GradientTransformationExtraArgs]
+) -> optax.GradientTransformationExtraArgs:
+    """The server rule `rules[index]`, with `index` an int that may be traced.
+
+    Lets one compiled program (`vmap` over `index`) run several rules: every rule's update is
+    evaluated and the chosen one's step and state are kept (the others' states stay as they
+    were), so a rule's numbers are exactly those it gives on its own.
+
+    Args:
+      index: the rule to apply, 0 <= index < len(rules) (int or bool; may be traced).
+      rules: the server rules, all taking the pool's extras.
+    """
+    rules = tuple(rules)
+    if not rules:
+        raise ValueError("rules must not be empty")
+    if isinstance(index, (int, np.integer)) and not 0 <= index < len(rules):
+        raise ValueError(f"index must be in [0, {len(rules)}), got {index!r}")
 
     def init_fn(params):
-        del params
-        return ArrivalRateState()
+        return tuple(rule.init(params) for rule in rules)
 
-    def update_fn(updates, state, params=None, *, staleness, **extra_args):
-        del params, extra_args
-        alpha = rate_fn(jnp.asarray(staleness))
-        step = jax.tree.map(lambda g: -jnp.mean(_per_arrival(alpha, g) * g, axis=0), updates)
-        return step, state
+    def update_fn(updates, state, params=None, **extra_args):
+        which = jnp.asarray(index, jnp.int32)
+        outs = [rule.update(updates, s, params, **extra_args) for rule, s in zip(rules, state)]
+        step = jax.tree.map(lambda *xs: jnp.stack(xs)[which], *[out[0] for out in outs])
+        new_state = tuple(
+            jax.tree.map(lambda new, old, i=i: jnp.where(which == i, new, old), out[1], old)
+            for i, (out, old) in enumerate(zip(outs, state))
+        )
+        return step, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def constant_rate(learning_rate: ArrayLike) -> optax.GradientTransformationExtraArgs:
-    """Downpour / ASGD / hardsync: α(τ) = α0 whatever the staleness.
-
-    Args:
-      learning_rate: α0 > 0.
-    """
-    _check_positive(learning_rate, "learning_rate")
-    return scale_by_arrival_rate(lambda tau: jnp.full(tau.shape, learning_rate))
-
-
-def staleness_aware_rate(learning_rate: ArrayLike) -> optax.GradientTransformationExtraArgs:
-    """Zhang et al.'s staleness-aware rate: α(τ) = α0/τ for τ > 0 and α0 for τ = 0.
-
-    Args:
-      learning_rate: α0 > 0.
-    """
-    _check_positive(learning_rate, "learning_rate")
-    return scale_by_arrival_rate(
-        lambda tau: learning_rate / jnp.maximum(tau, 1).astype(jnp.result_type(float))
-    )
-
-
-def adaptive_staleness_rate(learning_rate: ArrayLike) -> optax.GradientTransformationExtraArgs:
-    """The "adaptive staleness" baseline of Hermans & Louppe: α(τ) = α0/(τ + 1).
-
-    Args:
-      learning_rate: α0 > 0.
-    """
-    _check_positive(learning_rate, "learning_rate")
-    return scale_by_arrival_rate(
-        lambda tau: learning_rate / (tau + 1).astype(jnp.result_type(float))
-    )
-
-
-def delay_scaled_learning_rate(learning_rate: float, tau_max: int) -> float:
+def delay_scaled_learning_rate(
+    learning_rate: optax.ScalarOrSchedule, tau_max: int
+) -> optax.ScalarOrSchedule:
     """Regatti et al.'s shrinking rate η = η0/(τ_max + 1) (our normalization: η0 at τ_max = 0).
 
     Args:
-      learning_rate: η0 > 0.
+      learning_rate: η0 > 0, or an Optax schedule (then the result is the schedule
+        k ↦ η0(k)/(τ_max + 1)).
       tau_max: the delay bound, an integer >= 0.
     """
     _check_positive(learning_rate, "learning_rate")
     if not isinstance(tau_max, (int, np.integer)) or tau_max < 0:
         raise ValueError(f"tau_max must be an integer >= 0, got {tau_max!r}")
+    if callable(learning_rate):
+        return lambda count: learning_rate(count) / (tau_max + 1)
     return learning_rate / (tau_max + 1)
 
 
-def delay_scaled_rate(learning_rate: float, tau_max: int) -> optax.GradientTransformationExtraArgs:
-    """A constant rate that shrinks with the delay bound: α = α0/(τ_max + 1) (Regatti et al.)."""
-    return constant_rate(delay_scaled_learning_rate(learning_rate, tau_max))
-
-
 class GEMState(NamedTuple):
-    """State holding each worker's proxy velocity m (leaves `(W, ...)`) and the median of the
-    last applied π (a diagnostic)."""
+    """State holding each worker's proxy velocity m (leaves `(W, ...)`), the median of the
+    last applied π (a diagnostic) and the number of server updates (for a schedule)."""
 
-    velocity: object
+    velocity: PyTree
     pi_median: jax.Array
+    count: Int[Array, ""]
 
 
 def gem(
-    learning_rate: ArrayLike,
+    learning_rate: optax.ScalarOrSchedule,
     num_workers: int,
     *,
     momentum: float = 0.9,
@@ -164,6 +220,7 @@ def gem(
     eps: float = 1e-16,
     clamp: tuple[float, float] | None = (0.0, 5.0),
     track_median: bool = True,
+    initial_velocity: PyTree | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Gradient Energy Matching (Hermans & Louppe), element-wise, per arrival l of worker w:
 
@@ -175,13 +232,15 @@ def gem(
     m of the paper lives here, indexed by `worker`; memory O(W × params).
 
     Args:
-      learning_rate: η > 0.
+      learning_rate: η > 0, or an Optax schedule of the server update k.
       num_workers: W >= 1 (rows of the velocity state).
       momentum: μ of the proxy (sequential momentum SGD), in [0, 1).
       kappa: κ > 0, the energy-matching factor (1 in the paper; > 3 diverges there).
       eps: ε > 0 in the denominator.
       clamp: `(lo, hi)` to clip π (the authors' code uses (0, 5)), or None for no clamp.
       track_median: record the median of the applied π over all elements in the state.
+      initial_velocity: the proxy velocities m to start from (leaves `(W, ...)` like the
+        params with a worker axis, e.g. `GEMState.velocity` of an earlier run); default 0.
     """
     _check_positive(learning_rate, "learning_rate")
     if not isinstance(num_workers, (int, np.integer)) or num_workers < 1:
@@ -194,17 +253,30 @@ def gem(
         raise ValueError(f"clamp must be (lo, hi) with lo <= hi, got {clamp!r}")
 
     def init_fn(params):
-        velocity = jax.tree.map(lambda p: jnp.zeros((num_workers,) + jnp.shape(p), p.dtype), params)
-        return GEMState(velocity, jnp.zeros((), jnp.result_type(float)))
+        zeros = jax.tree.map(lambda p: jnp.zeros((num_workers,) + jnp.shape(p), p.dtype), params)
+        if initial_velocity is None:
+            velocity = zeros
+        else:
+            if jax.tree.structure(initial_velocity) != jax.tree.structure(zeros) or any(
+                jnp.shape(v) != z.shape for v, z in zip(jax.tree.leaves(initial_velocity),
+                                                        jax.tree.leaves(zeros))
+            ):  # fmt: skip
+                raise ValueError(
+                    "initial_velocity must have the params' structure with a leading worker "
+                    f"axis W={num_workers} on every leaf"
+                )
+            velocity = jax.tree.map(lambda v, z: jnp.asarray(v, z.dtype), initial_velocity, zeros)
+        return GEMState(velocity, jnp.zeros((), jnp.result_type(float)), jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, *, snapshot, worker, **extra_args):
         del extra_args
         if params is None:
             raise ValueError("gem needs the central variable θ as `params`")
         worker = jnp.asarray(worker)
+        eta = _rate_at(learning_rate, state.count)
 
         def one_leaf(g, m_all, theta, s):
-            delta = -learning_rate * g  # (c, ...)
+            delta = -eta * g  # (c, ...)
             m = momentum * m_all[worker] + delta
             pi = (kappa * jnp.abs(m) - jnp.abs(theta[None] - s)) / (jnp.abs(delta) + eps)
             if clamp is not None:
@@ -220,19 +292,22 @@ def gem(
             pi_median = jnp.median(jnp.concatenate([jnp.ravel(o[2]) for o in leaves]))
         else:
             pi_median = state.pi_median
-        return step, GEMState(velocity, pi_median.astype(state.pi_median.dtype))
+        pi_median = pi_median.astype(state.pi_median.dtype)
+        return step, GEMState(velocity, pi_median, optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 class DCASGDState(NamedTuple):
-    """State holding the running mean square of gradients (adaptive λ only; else zeros)."""
+    """State holding the running mean square of gradients (adaptive λ only; else zeros) and
+    the number of server updates (for a schedule)."""
 
-    mean_square: object
+    mean_square: PyTree
+    count: Int[Array, ""]
 
 
 def dc_asgd(
-    learning_rate: ArrayLike,
+    learning_rate: optax.ScalarOrSchedule,
     lam: float = 0.04,
     *,
     adaptive: bool = False,
@@ -247,7 +322,7 @@ def dc_asgd(
     M_t = decay · M_{t−1} + (1 − decay) · mean_l g_l², updated before use.
 
     Args:
-      learning_rate: η > 0.
+      learning_rate: η > 0, or an Optax schedule of the server update k.
       lam: λ (or λ0 when adaptive) >= 0; 0.04 in the paper.
       adaptive: use the adaptive λ_t.
       decay: the mean-square decay in [0, 1).
@@ -261,7 +336,7 @@ def dc_asgd(
     _check_positive(eps, "eps")
 
     def init_fn(params):
-        return DCASGDState(jax.tree.map(jnp.zeros_like, params))
+        return DCASGDState(jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, *, snapshot, **extra_args):
         del extra_args
@@ -277,16 +352,17 @@ def dc_asgd(
         else:
             mean_square = state.mean_square
             lam_t = jax.tree.map(lambda p: jnp.full(jnp.shape(p), lam, p.dtype), params)
+        eta = _rate_at(learning_rate, state.count)
         step = jax.tree.map(
             lambda g, theta, s, lt: (
-                -learning_rate * jnp.mean(g + lt[None] * g * g * (theta[None] - s), axis=0)
+                -eta * jnp.mean(g + lt[None] * g * g * (theta[None] - s), axis=0)
             ),
             updates,
             params,
             snapshot,
             lam_t,
         )
-        return step, DCASGDState(mean_square)
+        return step, DCASGDState(mean_square, optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

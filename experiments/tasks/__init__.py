@@ -1,5 +1,5 @@
 """Tasks for the experiments: datasets (NumPy, loaded locally) and Flax models with
-per-agent minibatch gradient oracles over stacked parameters."""
+single-agent minibatch gradients, lifted to per-agent oracles over stacked parameters."""
 
 from experiments.tasks.datasets import (
     DATASET_NAMES,
@@ -18,6 +18,7 @@ from experiments.tasks.models import (
     cross_entropy_loss,
     evaluate,
     init_stacked,
+    minibatch_grad_fn,
     minibatch_oracle,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "cross_entropy_loss",
     "evaluate",
     "init_stacked",
+    "minibatch_grad_fn",
     "minibatch_oracle",
 ]

@@ -3,14 +3,15 @@
 Parameters are Flax variable dicts (`{"params": ...}`, as returned by `model.init` and taken
 by `model.apply`). A *stacked* parameter pytree holds N agents: every leaf has a leading axis
 of size N. Everything that acts on one agent is written for one agent and lifted with
-`jax.vmap`, so the functions here are `jit`-able and usable inside `lax.scan`.
+`jax.vmap`, so the functions here are `jit`-able and usable inside `lax.scan`: the minibatch
+gradient is a single-agent `GradFn` (`minibatch_grad_fn`), lifted to all agents by
+`algorithms.agent_oracle` (`minibatch_oracle`).
 """
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -20,6 +21,9 @@ import optax
 from jax import Array
 from jax.typing import ArrayLike
 
+from algorithms.oracles import agent_oracle
+from dynamics.types import GradFn, Oracle, PyTree
+
 __all__ = [
     "MLP",
     "CNN1D",
@@ -27,14 +31,13 @@ __all__ = [
     "init_stacked",
     "cross_entropy_loss",
     "accuracy",
+    "minibatch_grad_fn",
     "minibatch_oracle",
     "evaluate",
 ]
 
 # A pytree of arrays (a Flax variable dict).
-Params = Any
-# oracle(params_stacked, key, step) -> (losses (N,), grads like params_stacked)
-Oracle = Callable[[Params, Array, ArrayLike], tuple[Array, Params]]
+Params = PyTree
 
 
 class MLP(nn.Module):
@@ -215,28 +218,25 @@ def accuracy(model: nn.Module) -> Callable[[Params, ArrayLike, ArrayLike], Array
     return accuracy_fn
 
 
-def minibatch_oracle(
+def minibatch_grad_fn(
     model: nn.Module, x_train: ArrayLike, y_train: ArrayLike, batch_size: int
-) -> Oracle:
-    """Per-agent stochastic gradients on independent minibatches of the training set.
+) -> GradFn:
+    """One agent's stochastic gradient on a minibatch of the training set.
 
-    At step `k`, agent i uses the key `fold_in(fold_in(key, k), i)` to draw `batch_size`
-    indices uniformly *with replacement* (`jax.random.randint` over `[0, n_train)`), and
-    returns the mean cross-entropy and its gradient on those examples. Keying by agent index
-    (rather than splitting into N keys) means agent i's minibatches do not depend on N. The
-    training arrays are converted to device arrays once and closed over, so the oracle makes
-    no host round-trips; it can be jitted and called inside `lax.scan` with a traced step.
+    `grad_fn(params, key)` draws `batch_size` indices uniformly *with replacement*
+    (`jax.random.randint(key, (batch_size,), 0, n_train)`) and returns the mean cross-entropy
+    `()` and its gradient (the structure of `params`) on those examples. The training arrays
+    are converted to device arrays once and closed over, so it makes no host round-trips; it
+    can be jitted, vmapped and called inside `lax.scan`.
 
     Args:
       model: a Flax module returning logits `(batch, classes)`.
       x_train: training inputs `(n_train, ...)`.
       y_train: integer training labels `(n_train,)`.
-      batch_size: examples per agent per step, in [1, n_train].
+      batch_size: examples per gradient, in [1, n_train].
 
     Returns:
-      `oracle(params_stacked, key, step) -> (losses, grads)`: `params_stacked` has leading
-      agent axis N, `key` is a PRNG key, `step` an integer (may be traced); `losses` has
-      shape `(N,)` and `grads` the structure and shapes of `params_stacked`.
+      `grad_fn(params, key) -> (loss, grad)` for one agent's parameters (no agent axis).
     """
     x_train = jnp.asarray(x_train)
     y_train = jnp.asarray(y_train)
@@ -255,19 +255,40 @@ def minibatch_oracle(
         raise ValueError(f"batch_size {batch_size} exceeds the training set size {num_train}")
     value_and_grad = jax.value_and_grad(cross_entropy_loss(model))
 
-    def agent_oracle(params: Params, agent_key: Array) -> tuple[Array, Params]:
-        indices = jr.randint(agent_key, (batch_size,), 0, num_train)
+    def grad_fn(params: Params, key: Array) -> tuple[Array, Params]:
+        indices = jr.randint(key, (batch_size,), 0, num_train)
         return value_and_grad(params, x_train[indices], y_train[indices])
 
-    def oracle(params_stacked: Params, key: Array, step: ArrayLike) -> tuple[Array, Params]:
-        num_agents = _num_agents(params_stacked)
-        step_key = jr.fold_in(key, step)
-        agent_keys = jax.vmap(lambda agent: jr.fold_in(step_key, agent))(
-            jnp.arange(num_agents, dtype=jnp.uint32)
-        )
-        return jax.vmap(agent_oracle)(params_stacked, agent_keys)
+    return grad_fn
 
-    return oracle
+
+def minibatch_oracle(
+    model: nn.Module, x_train: ArrayLike, y_train: ArrayLike, batch_size: int
+) -> Oracle:
+    """Per-agent stochastic gradients on independent minibatches of the training set.
+
+    `agent_oracle(minibatch_grad_fn(...))`: at step `k`, agent i draws its minibatch with the
+    key `fold_in(fold_in(key, k), i)`. Keying by agent index (rather than splitting into N
+    keys) means agent i's minibatches do not depend on N.
+
+    Args:
+      model: a Flax module returning logits `(batch, classes)`.
+      x_train: training inputs `(n_train, ...)`.
+      y_train: integer training labels `(n_train,)`.
+      batch_size: examples per agent per step, in [1, n_train].
+
+    Returns:
+      `oracle(params_stacked, key, step) -> (losses, grads)`: `params_stacked` has leading
+      agent axis N, `key` is a PRNG key, `step` an integer (may be traced); `losses` has
+      shape `(N,)` and `grads` the structure and shapes of `params_stacked`.
+    """
+    oracle = agent_oracle(minibatch_grad_fn(model, x_train, y_train, batch_size))
+
+    def checked(params_stacked: Params, key: Array, step: ArrayLike) -> tuple[Array, Params]:
+        _num_agents(params_stacked)  # a clear error for leaves without one agent axis
+        return oracle(params_stacked, key, step)
+
+    return checked
 
 
 def evaluate(
