@@ -1,36 +1,52 @@
 """The discrete form: coupling rules as Optax transforms, named optimizers, the runner."""
 
 from . import asynchrony
-from .coupling import CouplingState, HeavyBallState, coupling, euler_optimizer, heavy_ball
+from .coupling import (
+    CouplingState,
+    HeavyBallState,
+    add_coupling_force,
+    euler_optimizer,
+    heavy_ball,
+)
+from .discrete import solve_discrete
+from .loop import RunResult, recorded_scan
 from .optimizers import (
     ElasticAveragingState,
     coupled_sgd,
     eamsgd,
     easgd,
+    easgd_center,
     elastic_averaging,
     momentum_quorum_sgd,
     quorum_sgd,
 )
-from .oracles import landscape_oracle, sde_matched_oracle
-from .runner import RunResult, run_agents, tree_all_finite
+from .oracles import agent_oracle, landscape_oracle, sde_matched_oracle
+from .runner import AgentState, run_agents
+from .sweeps import basin_success, wilson_interval
 
 __all__ = [
     "asynchrony",
     "CouplingState",
     "ElasticAveragingState",
     "HeavyBallState",
+    "AgentState",
     "RunResult",
+    "add_coupling_force",
+    "agent_oracle",
+    "basin_success",
     "coupled_sgd",
-    "coupling",
     "eamsgd",
     "easgd",
+    "easgd_center",
     "elastic_averaging",
     "euler_optimizer",
     "heavy_ball",
     "landscape_oracle",
     "momentum_quorum_sgd",
     "quorum_sgd",
+    "recorded_scan",
     "run_agents",
     "sde_matched_oracle",
-    "tree_all_finite",
+    "solve_discrete",
+    "wilson_interval",
 ]

@@ -1,7 +1,7 @@
 """Coupling rules as Optax transforms: the Euler step of the rule's vector field.
 
 For a rule with force `F_i(x, aux, ℓ)` and auxiliary dynamics `A` (see `dynamics.coupling`),
-`coupling(rule, step_size=h, gradient_scale=η)` maps gradients to
+`add_coupling_force(rule, step_size=h, gradient_scale=η)` maps gradients to
 
     u_i = η g_i − F_i(x, aux, ℓ)          (the coupling enters in gradient space,
     aux ← aux + h A(x, aux, ℓ, ∇f)         like weight decay)
@@ -9,14 +9,21 @@ For a rule with force `F_i(x, aux, ℓ)` and auxiliary dynamics `A` (see `dynami
 so that chaining with `optax.sgd(h)` gives `x_i ← x_i + h(−η g_i + F_i)`: one Euler step of
 size h (time units) of the first-order system. Chaining with `heavy_ball(γ, h)` instead gives
 the explicit Euler step of the heavy-ball system. Chaining with `optax.sgd(lr, momentum=β)`
-puts the coupling force through the momentum trace, as in momentum quorum SGD.
+puts the coupling force through the momentum trace, as in momentum quorum SGD (see
+`algorithms.optimizers.coupled_sgd` for what that iteration equals in continuous time).
+
+The time step relation. The agents advance by `lr · u` per update, where `lr` is the learning
+rate of the optimizer chained after, so they take Euler steps of `lr` time units; the
+auxiliary state advances by `step_size · A`. The pair is the Euler step of the rule as written
+when `step_size = lr` (the named optimizers build both from one learning-rate object). With
+`step_size = c · lr` it is the Euler step of the rule whose auxiliary drift is `c · A` (for
+`Quorum`: quorum gain `c k_z` and center gradient scale `c η_z`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +31,12 @@ import optax
 
 from dynamics.coupling import AbstractCoupling
 from dynamics.system import CoupledSystem
+from dynamics.types import GradientField, PyTree
 
 __all__ = [
     "CouplingState",
     "HeavyBallState",
-    "coupling",
+    "add_coupling_force",
     "heavy_ball",
     "euler_optimizer",
 ]
@@ -37,7 +45,7 @@ __all__ = [
 class CouplingState(NamedTuple):
     """State holding the rule's auxiliary variable (e.g. the quorum z) and the step count."""
 
-    aux: Any
+    aux: PyTree
     count: jax.Array
 
 
@@ -48,18 +56,31 @@ def _check_rate(name: str, value: float, allow_zero: bool = False) -> float:
     return v
 
 
-def coupling(
+def _check_rate_or_schedule(name: str, value: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+    """A constant is checked (> 0) now; a schedule `count -> value` is taken as given."""
+    return value if callable(value) else _check_rate(name, value)
+
+
+def _at(value: optax.ScalarOrSchedule, count: jax.Array):
+    """The value of a constant or of a schedule at step `count`."""
+    return value(count) if callable(value) else value
+
+
+def add_coupling_force(
     rule: AbstractCoupling,
-    step_size: float,
+    step_size: optax.ScalarOrSchedule,
     gradient_scale: float = 1.0,
-    aux_gradient_fn: Callable[[Any], Any] | None = None,
+    aux_gradient_fn: GradientField | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """The coupling rule `rule` as a gradient transformation over stacked agent parameters.
+    """Add the coupling rule's force to the gradients of stacked agent parameters.
 
     Args:
         rule: a coupling rule (`dynamics.coupling.AbstractCoupling`).
-        step_size: h > 0, the time advanced per call (used for the auxiliary state's Euler
-            step; it must equal the learning rate of the optimizer chained after).
+        step_size: h > 0, the time the auxiliary state advances per update (its Euler step),
+            a constant or an `optax` schedule evaluated at this transform's own update count
+            (0, 1, 2, …). It should equal the learning rate of the optimizer chained after
+            for the Euler step of `rule` as written (see the module docstring for the
+            relation otherwise).
         gradient_scale: η > 0, the gradient's weight in the drift.
         aux_gradient_fn: ∇f for one agent's parameters, needed by rules with
             `needs_aux_gradient` (e.g. a quorum variable that descends the loss).
@@ -67,11 +88,11 @@ def coupling(
     Returns:
         A transform whose `update(grads, state, params, *, losses=None)` returns
         `η g − F(params, aux, losses)`; every leaf has the agent axis N first. `losses` `(N,)`
-        is required by rules with `needs_losses`.
+        is required by rules with `needs_losses`. Its state is a `CouplingState`.
     """
     if not isinstance(rule, AbstractCoupling):
         raise TypeError(f"rule must be an AbstractCoupling, got {type(rule)}")
-    h = _check_rate("step_size", step_size)
+    step_size = _check_rate_or_schedule("step_size", step_size)
     eta = _check_rate("gradient_scale", gradient_scale)
     if rule.needs_aux_gradient and aux_gradient_fn is None:
         raise ValueError(f"{type(rule).__name__} needs aux_gradient_fn (∇f at the auxiliary state)")
@@ -82,9 +103,12 @@ def coupling(
     def update_fn(updates, state, params=None, *, losses=None, **extra_args):
         del extra_args
         if params is None:
-            raise ValueError("coupling needs the agents' params: call update(grads, state, params)")
+            raise ValueError(
+                "add_coupling_force needs the agents' params: call update(grads, state, params)"
+            )
         if rule.needs_losses and losses is None:
             raise ValueError(f"{type(rule).__name__} needs the agents' losses: pass losses=(N,)")
+        h = _at(step_size, state.count)
         force = rule.force(params, state.aux, losses)
         out = jax.tree.map(lambda g, f: eta * g - f, updates, force)
         aux_dot = rule.aux_drift(params, state.aux, losses, aux_gradient_fn)
@@ -97,7 +121,7 @@ def coupling(
 class HeavyBallState(NamedTuple):
     """State holding the agents' velocities v (same pytree as params)."""
 
-    velocity: Any
+    velocity: PyTree
 
 
 def heavy_ball(damping: float, step_size: float) -> optax.GradientTransformation:
@@ -132,13 +156,16 @@ def euler_optimizer(
 ) -> optax.GradientTransformationExtraArgs:
     """The discrete form of `system`: one Euler step of size h (time units) per update.
 
-    With gradients `g = ∇f(x) + ξ` from `algorithms.oracles.sde_matched_oracle(system, h)`
-    and the same key, the iterates equal the Euler–Maruyama path of `dynamics.solve`.
+    First order: `chain(add_coupling_force(rule, h, η), scale(−h))`; heavy ball:
+    `chain(add_coupling_force(rule, h, η), heavy_ball(γ, h))`. With gradients
+    `g = ∇f(x) + ξ` from `algorithms.oracles.sde_matched_oracle(system, h)` and the same key,
+    the iterates equal the Euler–Maruyama path of `dynamics.solve` (`solve_discrete` runs
+    exactly this).
     """
-    rule = coupling(
+    rule = add_coupling_force(
         system.coupling,
         step_size,
-        gradient_scale=system.learning_rate,
+        gradient_scale=system.gradient_scale,
         aux_gradient_fn=system.landscape.grad,
     )
     if system.momentum:

@@ -10,13 +10,17 @@ import math
 
 import diffrax
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
 
 from dynamics.brownian import step_normal
 from dynamics.landscapes import AbstractLandscape
 from dynamics.noise import AbstractNoise, IsotropicNoise
 from dynamics.system import CoupledSystem
+from dynamics.types import GradFn, Oracle
 
-__all__ = ["landscape_oracle", "sde_matched_oracle"]
+__all__ = ["agent_oracle", "landscape_oracle", "sde_matched_oracle"]
 
 
 def landscape_oracle(
@@ -25,22 +29,36 @@ def landscape_oracle(
     scale=1.0,
     brownian: diffrax.AbstractBrownianPath | None = None,
     step_size: float | None = None,
-):
+    noise_table: Float[Array, "steps agents dim"] | None = None,
+    t0: float = 0.0,
+) -> Oracle:
     """Noisy gradients `g_i = ∇f(x_i) − scale · σ(x_i) n_{k,i}` for params `(N, dim)`.
 
-    `n_k = step_normal(key, k, (N, dim))` are the same standard normals as the k-th
-    increment of `dynamics.brownian.StepBrownianPath`; the minus sign (the noise is
+    By default `n_k = step_normal(key, k, (N, dim))` are the same standard normals as the
+    k-th increment of `dynamics.brownian.StepBrownianPath`; the minus sign (the noise is
     symmetric) makes a gradient step `−h η g` add `+σ sqrt(h) n_k` when
-    `scale = 1 / (η sqrt(h))`, as Euler–Maruyama does.
+    `scale = 1 / (η sqrt(h))`, as Euler–Maruyama does. At most one of the two other sources
+    may be given instead (both ignore `key`):
 
-    With `brownian` (a path of shape `(N, dim)`) and `step_size` h, the normals are instead
-    `n_k = (W((k+1)h) − W(kh)) / sqrt(h)`: the increments of that path on the step grid,
-    which couples runs at different step sizes to one Brownian path (and ignores `key`).
+    - `brownian` (a path of shape `(N, dim)`) with `step_size` h: `n_k = (W(t0 + (k+1)h) −
+      W(t0 + kh)) / sqrt(h)`, the increments of that path on the step grid, which couples runs
+      at different step sizes to one Brownian path;
+    - `noise_table` `(K, N, dim)`: `n_k = noise_table[k]`, given numbers (e.g. recorded from
+      another run). A step k outside `[0, K)` gets NaN noise (never a clamped row), so a run
+      that needs more rows than given diverges visibly instead of reusing the last one.
     """
+    if brownian is not None and noise_table is not None:
+        raise ValueError("give at most one of brownian and noise_table")
     if brownian is not None and (step_size is None or step_size <= 0):
         raise ValueError(f"a brownian path needs step_size > 0, got {step_size!r}")
     noise = IsotropicNoise(0.0) if noise is None else noise
     noise.check_dim(landscape.dim)
+    if noise_table is not None:
+        shape = np.shape(noise_table)
+        if len(shape) != 3 or shape[2] != landscape.dim or shape[0] < 1:
+            raise ValueError(
+                f"noise_table must have shape (steps, N, {landscape.dim}), got {shape}"
+            )
     scale = float(scale)
     noiseless = noise.is_zero()
 
@@ -49,26 +67,66 @@ def landscape_oracle(
         grads = jax.vmap(landscape.grad)(params)
         if noiseless:
             return losses, grads
-        if brownian is None:
-            n = step_normal(key, step, params.shape, params.dtype)
-        else:
-            t = step * step_size
+        if brownian is not None:
+            t = t0 + step * step_size
             n = brownian.evaluate(t, t + step_size) / math.sqrt(step_size)
+        elif noise_table is not None:
+            table = jnp.asarray(noise_table, params.dtype)
+            if table.shape[1:] != params.shape:
+                raise ValueError(
+                    f"noise_table rows have shape {table.shape[1:]}, params {params.shape}"
+                )
+            n = jnp.take(table, step, axis=0, mode="fill", fill_value=jnp.nan)
+        else:
+            n = step_normal(key, step, params.shape, params.dtype)
         return losses, grads - scale * jax.vmap(noise.apply)(params, n)
 
     return oracle
 
 
 def sde_matched_oracle(
-    system: CoupledSystem, step_size: float, brownian: diffrax.AbstractBrownianPath | None = None
-):
+    system: CoupledSystem,
+    step_size: float,
+    brownian: diffrax.AbstractBrownianPath | None = None,
+    noise_table: Float[Array, "steps agents dim"] | None = None,
+    t0: float = 0.0,
+) -> Oracle:
     """The oracle whose Euler step h reproduces `system`'s Euler–Maruyama path.
 
     Gradient noise covariance is `σσᵀ / (η² h)`, i.e. the SDE noise σ corresponds to
-    discrete SGD with step `hη` and gradient-noise covariance `Σ = σσᵀ/(η² h)` (PAPERS.md §1).
-    With `brownian`, the noise is that path's increments (see `landscape_oracle`).
+    discrete SGD with learning rate `hη` and gradient-noise covariance `Σ = σσᵀ/(η² h)`
+    (docs/papers.md). `brownian`, `noise_table` and `t0` (the time of step 0, for `brownian`)
+    choose the noise as in `landscape_oracle`; `noise_table` holds the standard normals
+    `n_k` (the Brownian increments divided by sqrt(h)).
     """
-    if step_size <= 0:
+    if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
-    scale = 1.0 / (system.learning_rate * math.sqrt(step_size))
-    return landscape_oracle(system.landscape, system.noise, scale, brownian, step_size)
+    scale = 1.0 / (system.gradient_scale * math.sqrt(step_size))
+    return landscape_oracle(
+        system.landscape, system.noise, scale, brownian, step_size, noise_table=noise_table, t0=t0
+    )
+
+
+def agent_oracle(grad_fn: GradFn) -> Oracle:
+    """The oracle of N agents, each running the single-agent `grad_fn` on its own params.
+
+    `oracle(params, key, k) = vmap(grad_fn)(params, keys)` with agent i's key
+    `fold_in(fold_in(key, k), i)` at step k: agent i's random stream depends on (key, k, i)
+    only, not on N. Every leaf of `params` has the agent axis N first.
+
+    Args:
+      grad_fn: `(params, key) -> (loss (), grad)` for one agent (`dynamics.types.GradFn`).
+
+    Returns:
+      `oracle(params, key, step) -> (losses (N,), grads)`.
+    """
+
+    def oracle(params, key, step):
+        num_agents = jax.tree.leaves(params)[0].shape[0]
+        step_key = jax.random.fold_in(key, step)
+        keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(
+            jnp.arange(num_agents, dtype=jnp.uint32)
+        )
+        return jax.vmap(grad_fn)(params, keys)
+
+    return oracle

@@ -1,7 +1,8 @@
 """The continuous model: landscapes, noise, coupling rules, the coupled SDE, and theory.
 
-Notation follows PAPERS.md: N agents `x_i` stacked on a leading axis, spatial mean `x̄`,
-quorum variable `z`, velocities `v_i`, learning rate `η`, noise `σ`, continuous time `t`.
+Notation follows docs/papers.md and docs/glossary.md: N agents `x_i` stacked on a leading
+axis, spatial mean `x̄`, quorum variable `z`, velocities `v_i`, gradient scale `η`
+(`gradient_scale`), noise `σ`, continuous time `t`, step `h` (`step_size`).
 """
 
 from . import theory

@@ -1,10 +1,10 @@
 """Broadcast coupling: rules shaped by each agent's "measure of success", its loss `ℓ_i`.
 
-Boffi & Slotine (PAPERS.md §1, claim 5) let every agent broadcast a measure of success and
+Boffi & Slotine (docs/papers.md, claim 5) let every agent broadcast a measure of success and
 shape the coupling with it. The exact form is not available to us; these three rules are
 ours. Each reads the agents' losses `ℓ = (f(x_1), …, f(x_N))` (`needs_losses = True`), so
 one rule object gives both the SDE (`dynamics.system.CoupledSystem`, losses from the
-landscape) and the optimizer (`algorithms.coupling.coupling`, losses from the oracle).
+landscape) and the optimizer (`algorithms.coupling.add_coupling_force`, losses from the oracle).
 
 - `SuccessWeightedQuorum`: a quorum variable pulled toward the better agents,
   `dz = k_z Σ_i r_i (x_i − z) dt` with `r = N softmax(−β ℓ)`.
@@ -25,13 +25,14 @@ can be swept under `jax.vmap` without recompiling.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from .coupling import AbstractCoupling, _nonnegative, agent_mean, toward
+from .types import PyTree
 
 __all__ = [
     "success_weights",
@@ -39,8 +40,6 @@ __all__ = [
     "LossWeightedGains",
     "Leader",
 ]
-
-PyTree = Any
 
 
 def success_weights(losses: jax.Array, beta) -> jax.Array:

@@ -24,17 +24,17 @@ def step_normal(key: jax.Array, step, shape: tuple[int, ...], dtype=None) -> jax
 
 
 class StepBrownianPath(diffrax.AbstractBrownianPath):
-    """Brownian motion on a fixed grid `t0 + k·dt`, increments `sqrt(t1 − t0) n_k`.
+    """Brownian motion on a fixed grid `origin + k·h`, increments `sqrt(t1 − t0) n_k`.
 
-    Only increments over one grid step are meaningful: use it with
-    `diffrax.ConstantStepSize` and the same `dt`. For adaptive steps use a
+    `step_size` is h (time). Only increments over one grid step are meaningful: use it with
+    `diffrax.ConstantStepSize` and the same h. For adaptive steps use a
     `diffrax.VirtualBrownianTree` (`solve(..., brownian="tree")`).
     """
 
     shape: tuple[int, ...] = eqx.field(static=True)
     key: jax.Array
     origin: float = eqx.field(static=True)
-    dt: float = eqx.field(static=True)
+    step_size: float = eqx.field(static=True)
     levy_area: type[diffrax.BrownianIncrement] | type[diffrax.SpaceTimeLevyArea] = eqx.field(
         static=True, default=diffrax.BrownianIncrement
     )
@@ -51,7 +51,7 @@ class StepBrownianPath(diffrax.AbstractBrownianPath):
         del left
         if t1 is None:
             raise ValueError("StepBrownianPath only gives increments: call evaluate(t0, t1)")
-        step = jnp.round((t0 - self.origin) / self.dt).astype(jnp.int32)
+        step = jnp.round((t0 - self.origin) / self.step_size).astype(jnp.int32)
         dt = t1 - t0
         dtype = jnp.result_type(float)
         if self.levy_area is diffrax.SpaceTimeLevyArea:

@@ -7,7 +7,8 @@ state its own dynamics `d aux/dt = A(x, aux, ℓ, ∇f)`. The first-order couple
 
 and the heavy-ball system (`CoupledSystem(damping=γ)`) puts the same force on the velocity:
 `dx_i = v_i dt`, `dv_i = [−γ v_i − η ∇f(x_i) + F_i] dt + σ dW_i`. Time is continuous time `t`
-(units of time, not steps); the discrete form (`algorithms.coupling`) takes Euler steps of it.
+(units of time, not steps); the discrete form (`algorithms.coupling.add_coupling_force`)
+takes Euler steps of it.
 
 Rules act on pytrees whose every leaf carries the agent axis first (`(N, ...)`): an array
 `(N, dim)` for landscapes, stacked Flax parameters for networks. Collective terms are
@@ -19,13 +20,14 @@ Normalization: all-to-all coupling is `k (x̄ − x_i)` (not `k Σ_j (x_j − x_
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .types import GradientField, PyTree
 
 __all__ = [
     "AbstractCoupling",
@@ -37,9 +39,6 @@ __all__ = [
     "toward",
     "tree_zeros_like",
 ]
-
-PyTree = Any
-GradFn = Callable[[PyTree], PyTree]
 
 
 def agent_mean(params: PyTree) -> PyTree:
@@ -62,6 +61,7 @@ def toward(target: PyTree, params: PyTree, gain) -> PyTree:
 
 
 def tree_zeros_like(tree: PyTree) -> PyTree:
+    """Zeros with the structure, shapes and dtypes of `tree`."""
     return jax.tree.map(jnp.zeros_like, tree)
 
 
@@ -97,7 +97,7 @@ class AbstractCoupling(eqx.Module):
         """`F_i(x, aux, ℓ)`: same structure and shapes as `params` (agent axis first)."""
 
     def aux_drift(
-        self, params: PyTree, aux: PyTree, losses: jax.Array | None, grad_fn: GradFn | None
+        self, params: PyTree, aux: PyTree, losses: jax.Array | None, grad_fn: GradientField | None
     ) -> PyTree:
         """`d aux / dt`, same structure as `aux`. `grad_fn` is ∇f for one agent's parameters."""
         del params, losses, grad_fn
@@ -133,29 +133,31 @@ class Quorum(AbstractCoupling):
 
         F_i = k (z − x_i),        dz/dt = g(z) + k_z Σ_i (x_i − z),   g(z) = −η_z ∇f(z).
 
-    `center_learning_rate = η_z = 0` gives `g = 0` (EASGD's center); `k_z → ∞` recovers
+    `center_gradient_scale = η_z = 0` gives `g = 0` (EASGD's center); `k_z → ∞` recovers
     all-to-all coupling. z starts at the agents' spatial mean.
 
     Args:
         gain: k >= 0, the pull of z on each agent (1/time).
         quorum_gain: k_z >= 0, the pull of each agent on z (1/time).
-        center_learning_rate: η_z >= 0; if > 0, z also descends the loss (needs ∇f at z).
+        center_gradient_scale: η_z >= 0; if > 0, z also descends the loss (needs ∇f at z).
 
     The gains are pytree leaves (sweepable under `jax.vmap`); η_z is static.
     """
 
     gain: float | jax.Array
     quorum_gain: float | jax.Array
-    center_learning_rate: float = eqx.field(static=True)
+    center_gradient_scale: float = eqx.field(static=True)
 
-    def __init__(self, gain: float, quorum_gain: float, center_learning_rate: float = 0.0):
+    def __init__(self, gain: float, quorum_gain: float, center_gradient_scale: float = 0.0):
         self.gain = _nonnegative("gain (k)", gain)
         self.quorum_gain = _nonnegative("quorum_gain (k_z)", quorum_gain)
-        self.center_learning_rate = _nonnegative("center_learning_rate (η_z)", center_learning_rate)
+        self.center_gradient_scale = _nonnegative(
+            "center_gradient_scale (η_z)", center_gradient_scale
+        )
 
     @property
     def needs_aux_gradient(self) -> bool:  # type: ignore[override]
-        return self.center_learning_rate > 0
+        return self.center_gradient_scale > 0
 
     def init(self, params):
         return agent_mean(params)
@@ -169,11 +171,11 @@ class Quorum(AbstractCoupling):
         pull = jax.tree.map(
             lambda leaf, z: self.quorum_gain * jnp.sum(leaf - z[None], axis=0), params, aux
         )
-        if self.center_learning_rate == 0:
+        if self.center_gradient_scale == 0:
             return pull
         if grad_fn is None:
-            raise ValueError("Quorum with center_learning_rate > 0 needs the gradient at z")
-        return jax.tree.map(lambda p, g: p - self.center_learning_rate * g, pull, grad_fn(aux))
+            raise ValueError("Quorum with center_gradient_scale > 0 needs the gradient at z")
+        return jax.tree.map(lambda p, g: p - self.center_gradient_scale * g, pull, grad_fn(aux))
 
 
 def elastic(rho: float) -> Quorum:

@@ -43,6 +43,10 @@ class AbstractLandscape(eqx.Module):
         """The gradient ∇f(x) of one agent, shape `(dim,)`."""
         return jax.grad(self.value)(x)
 
+    def hessian(self, x: Float[Array, " dim"]) -> Float[Array, "dim dim"]:
+        """The Hessian ∇²f(x) of one agent, shape `(dim, dim)` (default: `jax.hessian`)."""
+        return jax.hessian(self.value)(x)
+
     @abc.abstractmethod
     def minimizer(self) -> Float[Array, " dim"]:
         """A global minimizer x* (shape `(dim,)`)."""
@@ -137,7 +141,7 @@ def _interval_basin(f1d, x_star: float, period: float) -> tuple[float, float]:
 class TiltedMultiWell(AbstractLandscape):
     """Separable tilted multi-well: `f(x) = Σ_j [q x_j² + A sin²(π x_j) + t x_j]`.
 
-    With the defaults (`q = 1/20`, `A = 1`, `t = 0`) and `dim = 1` this is PAPERS.md's
+    With the defaults (`q = 1/20`, `A = 1`, `t = 0`) and `dim = 1` this is the papers'
     `x²/20 + sin²(πx)`: wells at the integers, the global one at 0. A tilt `t ≠ 0` moves the
     global minimum off the symmetric point. Curvature: `f'' = 2q + 2π²A cos(2πx)`.
     """

@@ -19,11 +19,11 @@ __all__ = ["Solution", "solve", "solve_runs", "terms"]
 
 
 class Solution(NamedTuple):
-    """A solved trajectory at the save times.
+    """A solved trajectory at the save times (from `solve` or `algorithms.solve_discrete`).
 
-    `ts` `(T,)` in continuous time; `x` `(T, N, dim)`; `v` `(T, N, dim)` or None;
-    `aux` the auxiliary state with a leading `T` axis; `num_steps` solver steps taken.
-    Under `solve_runs` every field gains a leading runs axis `R`.
+    `ts` `(T,)` in continuous time; `x` `(T, N, dim)`; `v` `(T, N, dim)` or None (first
+    order); `aux` the auxiliary state with a leading `T` axis; `num_steps` the solver or
+    optimizer steps taken. Under `solve_runs` every field gains a leading runs axis `R`.
     """
 
     ts: jax.Array
@@ -62,7 +62,7 @@ def solve(
     x0,
     *,
     t1: float,
-    dt: float,
+    step_size: float,
     key: jax.Array | None = None,
     t0: float = 0.0,
     solver: diffrax.AbstractSolver | None = None,
@@ -80,14 +80,14 @@ def solve(
         system: the coupled system (drift and diffusion).
         x0: initial positions, shape `(N, dim)`.
         t1: final time (continuous time, not steps); `t1 > t0`.
-        dt: the (initial, if `adaptive`) step size in time units; the step count is
-            `ceil((t1 − t0) / dt)`.
+        step_size: h > 0, the (initial, if `adaptive`) step in time units; the step count is
+            `ceil((t1 − t0) / h)`.
         key: PRNG key for the Brownian motion; required unless the noise is zero (ODE).
         solver: any Diffrax solver; default `diffrax.Euler()` (Euler–Maruyama for SDEs).
             Solvers that need space-time Lévy area (SRA1, ShARK, …) get it automatically.
         saveat: number of equally spaced save times, an array of times, or a `diffrax.SaveAt`.
         brownian: "step" (`StepBrownianPath`, fast, fixed steps only, shares its numbers with
-            the discrete form), "tree" (`diffrax.VirtualBrownianTree` with tolerance dt/8,
+            the discrete form), "tree" (`diffrax.VirtualBrownianTree` with tolerance h/8,
             for adaptive steps), or a Brownian path of shape `(N, dim)` to use as given
             (e.g. one tree shared by solves at several step sizes).
         adaptive: use a PID step-size controller (`rtol`, `atol`); the solver must give an
@@ -100,7 +100,7 @@ def solve(
     """
     system.check_positions(x0)
     t0, t1 = float(t0), float(t1)
-    dt = _positive("dt", dt)
+    h = _positive("step_size", step_size)
     if not t1 > t0:
         raise ValueError(f"need t1 > t0, got t0={t0}, t1={t1}")
     if isinstance(brownian, diffrax.AbstractBrownianPath):
@@ -113,7 +113,7 @@ def solve(
     if adaptive and noisy and isinstance(brownian, str) and brownian == "step":
         raise ValueError("adaptive steps need brownian='tree' (StepBrownianPath is fixed-step)")
     solver = diffrax.Euler() if solver is None else solver
-    n_steps = math.ceil((t1 - t0) / dt - 1e-9)
+    n_steps = math.ceil((t1 - t0) / h - 1e-9)
     if max_steps is None:
         max_steps = n_steps if not adaptive else 64 * n_steps
     if isinstance(saveat, diffrax.SaveAt):
@@ -129,7 +129,7 @@ def solve(
         save = diffrax.SaveAt(ts=ts)
     state0 = system.init(jnp.asarray(x0), v0)
     return _solve(
-        system, state0, key, t0, t1, dt, solver, save, brownian if noisy else None,
+        system, state0, key, t0, t1, h, solver, save, brownian if noisy else None,
         adaptive, rtol, atol, max_steps,
     )  # fmt: skip
 
@@ -144,17 +144,15 @@ def _levy_area(solver):
 
 
 @eqx.filter_jit
-def _solve(
-    system, state0, key, t0, t1, dt, solver, save, brownian, adaptive, rtol, atol, max_steps
-):
+def _solve(system, state0, key, t0, t1, h, solver, save, brownian, adaptive, rtol, atol, max_steps):
     levy = _levy_area(solver)
     shape = state0.x.shape
     if isinstance(brownian, diffrax.AbstractBrownianPath):
         path = brownian
     elif isinstance(brownian, str) and brownian == "step":
-        path = StepBrownianPath(shape=shape, key=key, origin=t0, dt=dt, levy_area=levy)
+        path = StepBrownianPath(shape=shape, key=key, origin=t0, step_size=h, levy_area=levy)
     elif isinstance(brownian, str) and brownian == "tree":
-        path = diffrax.VirtualBrownianTree(t0, t1, tol=dt / 8, shape=shape, key=key, levy_area=levy)
+        path = diffrax.VirtualBrownianTree(t0, t1, tol=h / 8, shape=shape, key=key, levy_area=levy)
     else:
         path = None
     controller = (
@@ -165,7 +163,7 @@ def _solve(
         solver,
         t0,
         t1,
-        dt,
+        h,
         state0,
         saveat=save,
         stepsize_controller=controller,

@@ -40,14 +40,16 @@ class CoupledSystem(eqx.Module):
         landscape: the loss f (acts on one agent's `(dim,)` parameters).
         coupling: the coupling rule; default `Uncoupled()`.
         noise: the diffusion σ(x); default `IsotropicNoise(0.0)` (an ODE).
-        learning_rate: η > 0, the gradient's weight in the drift (1/time).
+        gradient_scale: η > 0, the coefficient of −∇f in the drift (1/time). A discrete
+            optimizer with learning rate `lr` per step is the Euler step `h` of this system
+            with `lr = h·η`.
         damping: γ >= 0 for the heavy-ball (momentum) form, or None for first order.
     """
 
     landscape: AbstractLandscape
     coupling: AbstractCoupling
     noise: AbstractNoise
-    learning_rate: float = eqx.field(static=True)
+    gradient_scale: float = eqx.field(static=True)
     damping: float | None = eqx.field(static=True)
 
     def __init__(
@@ -55,7 +57,7 @@ class CoupledSystem(eqx.Module):
         landscape: AbstractLandscape,
         coupling: AbstractCoupling | None = None,
         noise: AbstractNoise | None = None,
-        learning_rate: float = 1.0,
+        gradient_scale: float = 1.0,
         damping: float | None = None,
     ):
         if not isinstance(landscape, AbstractLandscape):
@@ -67,12 +69,12 @@ class CoupledSystem(eqx.Module):
         if not isinstance(noise, AbstractNoise):
             raise TypeError(f"noise must be an AbstractNoise, got {type(noise)}")
         noise.check_dim(landscape.dim)
-        if not np.isfinite(learning_rate) or learning_rate <= 0:
-            raise ValueError(f"learning_rate (η) must be > 0, got {learning_rate!r}")
+        if not np.isfinite(gradient_scale) or gradient_scale <= 0:
+            raise ValueError(f"gradient_scale (η) must be > 0, got {gradient_scale!r}")
         if damping is not None and (not np.isfinite(damping) or damping < 0):
             raise ValueError(f"damping (γ) must be >= 0 or None, got {damping!r}")
         self.landscape, self.coupling, self.noise = landscape, coupling, noise
-        self.learning_rate = float(learning_rate)
+        self.gradient_scale = float(gradient_scale)
         self.damping = None if damping is None else float(damping)
 
     @property
@@ -110,7 +112,7 @@ class CoupledSystem(eqx.Module):
         losses = jax.vmap(f.value)(x) if self.coupling.needs_losses else None
         force = self.coupling.force(x, aux, losses)
         aux_dot = self.coupling.aux_drift(x, aux, losses, f.grad)
-        accel = -self.learning_rate * grads + force
+        accel = -self.gradient_scale * grads + force
         if self.momentum:
             return AgentState(v, accel - self.damping * v, aux_dot)
         return AgentState(accel, None, aux_dot)

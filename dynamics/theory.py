@@ -1,8 +1,12 @@
-"""Closed forms and Lyapunov solutions for coupled linear SGD dynamics (PAPERS.md §1).
+"""Closed forms and Lyapunov solutions for coupled linear SGD dynamics (docs/papers.md).
 
-Closed forms are per Hessian eigenvalue `a` of `f = ½ a x²` with additive noise σ, in
-continuous time. `linearize` turns any `CoupledSystem` into `dY = M Y dt + B dW` (exact for
-quadratic landscapes and linear couplings; the linearization at x* otherwise), and
+Closed forms are per Hessian eigenvalue `a` (`curvature`) of `f = ½ a x²` with additive
+noise σ, in continuous time, for the first-order system with gradient scale η
+(`gradient_scale`), N agents (`num_agents`), gains k and k_z. Every closed form takes its
+arguments by keyword only (a positional swap of two gains would give wrong numbers silently).
+
+`linearize` turns any `CoupledSystem` into `dY = M Y dt + B dW` (exact for quadratic
+landscapes and linear couplings; the linearization at x* otherwise), and
 `stationary_covariance` solves `M P + P Mᵀ + B Bᵀ = 0`. `discrete_stationary_covariance`
 solves the Euler map's `P = A P Aᵀ + h B Bᵀ`, `A = I + hM`, which is what a discrete run with
 step h converges to.
@@ -41,36 +45,39 @@ __all__ = [
 ]
 
 
-def uncoupled_variance(sigma, eta, a):
+def uncoupled_variance(*, sigma, gradient_scale, curvature):
     """Var(x) = σ² / (2ηa) for one uncoupled agent."""
-    return sigma**2 / (2 * eta * a)
+    return sigma**2 / (2 * gradient_scale * curvature)
 
 
-def all_to_all_mean_variance(sigma, eta, a, n_agents):
+def all_to_all_mean_variance(*, sigma, gradient_scale, curvature, num_agents):
     """Var(x̄) = σ² / (2ηaN) under `k(x̄ − x_i)` coupling, for any k."""
-    return sigma**2 / (2 * eta * a * n_agents)
+    return sigma**2 / (2 * gradient_scale * curvature * num_agents)
 
 
-def all_to_all_spread(sigma, eta, a, gain, n_agents):
+def all_to_all_spread(*, sigma, gradient_scale, curvature, gain, num_agents):
     """E e_i² = σ²(N − 1) / (2N(ηa + k)), e_i = x_i − x̄."""
-    return sigma**2 * (n_agents - 1) / (2 * n_agents * (eta * a + gain))
+    return sigma**2 * (num_agents - 1) / (2 * num_agents * (gradient_scale * curvature + gain))
 
 
-def quorum_mean_variance(sigma, eta, a, n_agents, gain, quorum_gain):
+def quorum_mean_variance(*, sigma, gradient_scale, curvature, gain, quorum_gain, num_agents):
     """Var(x̄) = σ²(ηa + N k_z) / (2Nηa(ηa + N k_z + k)) for quorum coupling with g = 0."""
-    ea, nkz = eta * a, n_agents * quorum_gain
-    return sigma**2 * (ea + nkz) / (2 * n_agents * ea * (ea + nkz + gain))
+    ea, nkz = gradient_scale * curvature, num_agents * quorum_gain
+    return sigma**2 * (ea + nkz) / (2 * num_agents * ea * (ea + nkz + gain))
 
 
-def quorum_spread(sigma, eta, a, gain, n_agents):
+def quorum_spread(*, sigma, gradient_scale, curvature, gain, num_agents):
     """E e_i² for quorum coupling with g = 0: the same as all-to-all."""
-    return all_to_all_spread(sigma, eta, a, gain, n_agents)
+    return all_to_all_spread(
+        sigma=sigma, gradient_scale=gradient_scale, curvature=curvature, gain=gain,
+        num_agents=num_agents,
+    )  # fmt: skip
 
 
-def quorum_center_variance(sigma, eta, a, n_agents, gain, quorum_gain):
+def quorum_center_variance(*, sigma, gradient_scale, curvature, gain, quorum_gain, num_agents):
     """Var(z) = σ² k_z / (2ηa(ηa + N k_z + k)) for quorum coupling with g = 0."""
-    ea = eta * a
-    return sigma**2 * quorum_gain / (2 * ea * (ea + n_agents * quorum_gain + gain))
+    ea = gradient_scale * curvature
+    return sigma**2 * quorum_gain / (2 * ea * (ea + num_agents * quorum_gain + gain))
 
 
 class LinearSystem(NamedTuple):
@@ -85,16 +92,16 @@ class LinearSystem(NamedTuple):
     unravel: object
 
 
-def linearize(system: CoupledSystem, n_agents: int) -> LinearSystem:
+def linearize(system: CoupledSystem, *, num_agents: int) -> LinearSystem:
     """The coupled system linearized at every agent (and aux) at the minimizer x*.
 
     Uses `jax.jacfwd` of the system's own drift and diffusion, so the matrices describe
     exactly the model that `solve` integrates (exact for quadratics and linear rules).
     """
-    if n_agents < 1:
-        raise ValueError(f"n_agents must be >= 1, got {n_agents}")
+    if num_agents < 1:
+        raise ValueError(f"num_agents must be >= 1, got {num_agents}")
     x_star = jnp.asarray(system.landscape.minimizer())
-    x0 = jnp.broadcast_to(x_star, (n_agents, x_star.shape[0]))
+    x0 = jnp.broadcast_to(x_star, (num_agents, x_star.shape[0]))
     state0 = system.init(x0)
     flat0, unravel = ravel_pytree(state0)
     drift = jax.jacfwd(lambda y: ravel_pytree(system.drift(0.0, unravel(y)))[0])(flat0)
@@ -118,7 +125,7 @@ def stationary_covariance(drift: np.ndarray, diffusion: np.ndarray) -> np.ndarra
     return scipy.linalg.solve_continuous_lyapunov(drift, -diffusion @ diffusion.T)
 
 
-def discrete_stationary_covariance(drift, diffusion, step_size: float) -> np.ndarray:
+def discrete_stationary_covariance(drift, diffusion, *, step_size: float) -> np.ndarray:
     """P solving `P = A P Aᵀ + h B Bᵀ`, `A = I + hM`: the Euler–Maruyama chain's covariance."""
     a = np.eye(drift.shape[0]) + step_size * drift
     rho = np.max(np.abs(np.linalg.eigvals(a)))
@@ -141,14 +148,19 @@ class StationaryMoments(NamedTuple):
 
 
 def stationary_moments(
-    system: CoupledSystem, n_agents: int, step_size: float | None = None
+    system: CoupledSystem, *, num_agents: int, step_size: float | None = None
 ) -> StationaryMoments:
-    """Stationary moments of the linearized system (continuous, or Euler with `step_size`)."""
-    lin = linearize(system, n_agents)
+    """Stationary moments of the linearized system of `num_agents` agents.
+
+    Continuous time (`step_size=None`), or the Euler chain with step h = `step_size` (time),
+    which is what `algorithms.solve_discrete` with that step converges to.
+    """
+    n_agents = num_agents
+    lin = linearize(system, num_agents=n_agents)
     if step_size is None:
         cov = stationary_covariance(lin.drift, lin.diffusion)
     else:
-        cov = discrete_stationary_covariance(lin.drift, lin.diffusion, step_size)
+        cov = discrete_stationary_covariance(lin.drift, lin.diffusion, step_size=step_size)
     dim = system.landscape.dim
     size = n_agents * dim
     # Positions come first in the flattened AgentState; x[i, j] sits at i*dim + j.
@@ -164,23 +176,30 @@ def stationary_moments(
     return StationaryMoments(var_mean, spread, var_agent, var_aux)
 
 
-def deviation_bound(t, sigma, dim, n_agents, gain, eta, strong_convexity, initial=0.0):
+def deviation_bound(
+    t, *, sigma, dim, num_agents, gain, gradient_scale, strong_convexity, initial_deviation=0.0
+):
     """Bound on `E (1/N) Σ‖x_i − x̄‖²` for m-strongly convex f (first order, additive σ).
 
     `σ² n (N − 1)/(2N λ) + max(D0 − that, 0) e^{−2λt}` with `λ = k + ηm`, `D0` the initial
-    deviation; `t` in continuous time (array-like).
+    deviation (`initial_deviation`); `t` in continuous time (array-like).
     """
-    lam = gain + eta * strong_convexity
+    lam = gain + gradient_scale * strong_convexity
     if lam <= 0:
         raise ValueError(f"need k + ηm > 0 for the bound, got {lam}")
-    steady = sigma**2 * dim * (n_agents - 1) / (2 * n_agents * lam)
-    return steady + max(initial - steady, 0.0) * np.exp(-2 * lam * np.asarray(t))
+    steady = sigma**2 * dim * (num_agents - 1) / (2 * num_agents * lam)
+    return steady + max(initial_deviation - steady, 0.0) * np.exp(-2 * lam * np.asarray(t))
 
 
-def delay_stability_threshold(tau: int) -> float:
-    """Largest stable ηa for `x_{k+1} = x_k − ηa x_{k−τ}`: `2 sin(π / (2(2τ + 1)))`."""
+def delay_stability_threshold(*, staleness: int) -> float:
+    """Largest stable ηa for `x_{k+1} = x_k − ηa x_{k−τ}`: `2 sin(π / (2(2τ + 1)))`.
+
+    `staleness` is the constant delay τ >= 0 in steps; ηa is the learning rate times the
+    curvature (per step).
+    """
+    tau = staleness
     if tau < 0:
-        raise ValueError(f"tau must be >= 0, got {tau}")
+        raise ValueError(f"staleness (τ) must be >= 0, got {tau}")
     return 2 * math.sin(math.pi / (2 * (2 * tau + 1)))
 
 
@@ -204,7 +223,7 @@ def relative_error(measured, predicted) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Strongly convex f: the spatial mean's distance to x* (PAPERS.md §1, claim 4)
+# Strongly convex f: the spatial mean's distance to x* (docs/papers.md, claim 4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -217,11 +236,16 @@ def _check_convexity(eta, strong_convexity, smoothness):
 
 def _deviation_sup(sigma, dim, n_agents, gain, eta, strong_convexity, initial_deviation):
     """`sup_t E D(t)` from `deviation_bound`: the larger of D0 and the stationary value."""
-    steady = deviation_bound(np.inf, sigma, dim, n_agents, gain, eta, strong_convexity)
+    steady = deviation_bound(
+        np.inf, sigma=sigma, dim=dim, num_agents=n_agents, gain=gain, gradient_scale=eta,
+        strong_convexity=strong_convexity,
+    )  # fmt: skip
     return max(float(initial_deviation), float(steady))
 
 
-def mean_distance_limit(sigma, dim, n_agents, gain, eta, strong_convexity, smoothness):
+def mean_distance_limit(
+    *, sigma, dim, num_agents, gain, gradient_scale, strong_convexity, smoothness
+):
     """Asymptotic bound on `E‖x̄ − x*‖` for first-order coupled SGD on strongly convex f.
 
     `lim sup_t sqrt(E‖x̄ − x*‖²) <= b + sqrt(b² + nσ²/(2ηmN))`, `b = L s / (2m)`, with
@@ -239,6 +263,7 @@ def mean_distance_limit(sigma, dim, n_agents, gain, eta, strong_convexity, smoot
     `y² = E‖u‖²`; at stationarity `dE V/dt = 0`, so `ηm y² <= ηL s y + nσ²/(2N)`, whose
     positive root is the bound. `E‖x̄ − x*‖ <= y` by Jensen.
     """
+    n_agents, eta = num_agents, gradient_scale
     _check_convexity(eta, strong_convexity, smoothness)
     s = math.sqrt(_deviation_sup(sigma, dim, n_agents, gain, eta, strong_convexity, 0.0))
     b = smoothness * s / (2 * strong_convexity)
@@ -250,15 +275,15 @@ def mean_distance_bound(
     *,
     sigma,
     dim,
-    n_agents,
+    num_agents,
     gain,
-    eta,
+    gradient_scale,
     strong_convexity,
     smoothness,
     initial_distance,
     initial_deviation=0.0,
     quorum_gain=None,
-    center_learning_rate=0.0,
+    center_gradient_scale=0.0,
 ):
     """Bound on `E‖x̄(t) − x*‖` at every time t for first-order coupled SGD, f strongly convex.
 
@@ -287,6 +312,7 @@ def mean_distance_bound(
     Returns:
         The bound, a NumPy array shaped like `t`.
     """
+    n_agents, eta, center_eta = num_agents, gradient_scale, center_gradient_scale
     _check_convexity(eta, strong_convexity, smoothness)
     t = np.asarray(t, dtype=float)
     m, big_l = strong_convexity, smoothness
@@ -303,7 +329,7 @@ def mean_distance_bound(
     rho = gain / (quorum_gain * n_agents)
     rate = max(
         min(eta * m / (1 + 2 * rho), quorum_gain * n_agents),
-        min(eta * m, 2 * center_learning_rate * m),
+        min(eta * m, 2 * center_eta * m),
     )
     forcing = eta * big_l**2 * s_bar_sq / m + noise
     decay = np.exp(-rate * t)
@@ -337,7 +363,7 @@ def linear_moments(system: CoupledSystem, x0, ts) -> LinearMoments:
     """
     x0 = np.asarray(x0, dtype=float)
     n_agents, dim = x0.shape
-    lin = linearize(system, n_agents)
+    lin = linearize(system, num_agents=n_agents)
     flat0, _ = ravel_pytree(system.init(jnp.asarray(x0)))
     start = np.asarray(flat0) - lin.equilibrium
     p_inf = stationary_covariance(lin.drift, lin.diffusion)

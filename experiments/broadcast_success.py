@@ -11,8 +11,9 @@ The paper's exact rules were not available; ours (`dynamics.broadcast`) are
 Protocol (ours): the landscapes of `nonconvex_stabilization` (tilted multi-well, Rastrigin),
 N agents started independently and uniformly in the box `x* ± start_halfwidth` (a search
 from scattered starts, where the agents' losses carry information), additive noise σ swept,
-horizon T. A run succeeds when x̄(T) lies in the global basin. Each rule runs in both forms:
-the SDE (Euler–Maruyama) and the discrete optimizer with matched Gaussian gradient noise, on
+horizon T. A run succeeds when x̄(T) lies in the global basin (`algorithms.basin_success`,
+the same sweep as `nonconvex_stabilization`). Each rule runs in both forms: the SDE
+(Euler–Maruyama) and the discrete optimizer with matched Gaussian gradient noise, on
 independent random numbers. The rule's shape parameter (β or T) is swept under `jax.vmap`;
 plain quorum uses the same k and k_z. 95% Wilson intervals over runs.
 
@@ -29,17 +30,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from algorithms.sweeps import FORMS, basin_success, wilson_interval
 from dynamics.broadcast import Leader, LossWeightedGains, SuccessWeightedQuorum
 from dynamics.coupling import MeanField, Quorum
+from dynamics.landscapes import AbstractLandscape, Rastrigin, TiltedMultiWell
 
-from . import nonconvex_stabilization as ns
 from .harness.contract import claim_greater
 from .harness.plotting import figure
 
 NAME = "broadcast_success"
 DESCRIPTION = "Loss-shaped coupling (success-weighted quorum, loss gains, leader) vs plain quorum"
 
-FORMS = ("continuous", "discrete")
+LANDSCAPES = ("multiwell", "rastrigin")
 VARIANTS = ("plain_quorum", "success_weighted_quorum", "loss_weighted_gains", "leader")
 LABELS = {
     "plain_quorum": "plain quorum",
@@ -55,7 +57,7 @@ class Config:
     landscapes: tuple[str, ...] = dataclasses.field(
         default=("multiwell", "rastrigin"), metadata={"help": "landscapes (multiwell, rastrigin)"}
     )
-    agents: int = dataclasses.field(default=16, metadata={"help": "number of agents N"})
+    num_agents: int = dataclasses.field(default=16, metadata={"help": "number of agents N"})
     gain: float = dataclasses.field(default=3.0, metadata={"help": "k (1/time), every rule"})
     quorum_gain: float = dataclasses.field(
         default=0.25, metadata={"help": "k_z (1/time), quorum rules"}
@@ -76,21 +78,23 @@ class Config:
         default=3.0, metadata={"help": "agents start uniformly in x* ± this"}
     )
     tilt: float = dataclasses.field(default=0.2, metadata={"help": "tilt t of the multi-well"})
-    learning_rate: float = dataclasses.field(default=1.0, metadata={"help": "η in the drift"})
+    gradient_scale: float = dataclasses.field(default=1.0, metadata={"help": "η in the drift"})
     time: float = dataclasses.field(default=30.0, metadata={"help": "horizon T (time units)"})
-    dt: float = dataclasses.field(default=0.01, metadata={"help": "SDE step (Euler–Maruyama)"})
+    sde_step_size: float = dataclasses.field(
+        default=0.01, metadata={"help": "SDE step (Euler–Maruyama)"}
+    )
     step_size: float = dataclasses.field(default=0.02, metadata={"help": "optimizer step h"})
     runs: int = dataclasses.field(default=256, metadata={"help": "independent runs per config"})
 
     def __post_init__(self):
-        for name in ("learning_rate", "time", "dt", "step_size", "gain", "quorum_gain"):
+        for name in ("gradient_scale", "time", "sde_step_size", "step_size", "gain", "quorum_gain"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        unknown = set(self.landscapes) - set(ns.LANDSCAPES)
+        unknown = set(self.landscapes) - set(LANDSCAPES)
         if not self.landscapes or unknown:
-            raise ValueError(f"landscapes must be among {ns.LANDSCAPES}, got {self.landscapes}")
-        if self.agents < 2:
-            raise ValueError(f"agents must be >= 2, got {self.agents}")
+            raise ValueError(f"landscapes must be among {LANDSCAPES}, got {self.landscapes}")
+        if self.num_agents < 2:
+            raise ValueError(f"num_agents must be >= 2, got {self.num_agents}")
         if not self.betas or min(self.betas) <= 0:
             raise ValueError(f"betas must be > 0 (β = 0 is plain quorum), got {self.betas}")
         if not self.temperatures or min(self.temperatures) < 0:
@@ -100,11 +104,11 @@ class Config:
                 raise ValueError(f"{name} must be non-empty and > 0")
         if self.start_halfwidth < 0:
             raise ValueError(f"start_halfwidth must be >= 0, got {self.start_halfwidth}")
-        for name, step in (("dt", self.dt), ("step_size", self.step_size)):
+        for name, step in (("sde_step_size", self.sde_step_size), ("step_size", self.step_size)):
             if abs(self.time / step - round(self.time / step)) > 1e-6:
                 raise ValueError(f"time {self.time} is not a multiple of {name}={step}")
         # Loss-weighted gains reach k·N for one agent much worse than the rest.
-        if self.gain * self.agents * self.step_size >= 2:
+        if self.gain * self.num_agents * self.step_size >= 2:
             raise ValueError("k·N·h must be < 2 (loss-weighted gains can reach k·N)")
         if self.runs < 2:
             raise ValueError(f"runs must be >= 2, got {self.runs}")
@@ -113,6 +117,25 @@ class Config:
 QUICK = dict(
     landscapes=("multiwell",), betas=(1.0, 10.0), temperatures=(0.0, 1.0), runs=64, time=20.0
 )
+
+
+def _landscape(name: str, config) -> AbstractLandscape:
+    """The protocol's landscape by name: the tilted multi-well (1-D) or Rastrigin (2-D)."""
+    return TiltedMultiWell(1, tilt=config.tilt) if name == "multiwell" else Rastrigin(2)
+
+
+def _sigmas(name: str, config) -> tuple[float, ...]:
+    return config.sigmas_multiwell if name == "multiwell" else config.sigmas_rastrigin
+
+
+def _sweep(land, rule, where, grid, sig, form, config, key):
+    """`basin_success` of one rule template over (σ, grid, runs) in one form."""
+    return basin_success(
+        land, rule, where, grid, sig, num_agents=config.num_agents, form=form,
+        gradient_scale=config.gradient_scale, t1=config.time,
+        step_size=config.sde_step_size if form == "continuous" else config.step_size,
+        num_runs=config.runs, key=key, start_halfwidth=config.start_halfwidth,
+    )  # fmt: skip
 
 
 def _variants(config):
@@ -155,39 +178,19 @@ def _variants(config):
 def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {"runs": np.asarray(config.runs)}
     for li, name in enumerate(config.landscapes):
-        land = ns.landscape(name, config)
-        sig = ns.sigmas(name, config)
+        land = _landscape(name, config)
+        sig = _sigmas(name, config)
         out[f"sigmas_{name}"] = np.asarray(sig, dtype=float)
         for fi, form in enumerate(FORMS):
             # Every variant sees the same starts and noise (common random numbers).
             k = jax.random.fold_in(key, 10 * li + fi)
             for variant, rule, where, grid, _ in _variants(config):
-                res = ns.simulate(
-                    land,
-                    rule,
-                    where,
-                    grid,
-                    sig,
-                    config.agents,
-                    form,
-                    config,
-                    k,
-                    start_halfwidth=config.start_halfwidth,
-                )
+                res = _sweep(land, rule, where, grid, sig, form, config, k)
                 out[f"success_{name}_{form}_{variant}"] = res["success"].mean(-1)  # (S, G)
                 out[f"diverged_{name}_{form}_{variant}"] = res["diverged"].mean(-1)
             # The uncoupled reference (k = 0) from the same starts.
-            res = ns.simulate(
-                land,
-                MeanField(0.0),
-                lambda r: r.gain,
-                jnp.asarray([0.0]),
-                sig,
-                config.agents,
-                form,
-                config,
-                k,
-                start_halfwidth=config.start_halfwidth,
+            res = _sweep(
+                land, MeanField(0.0), lambda r: r.gain, jnp.asarray([0.0]), sig, form, config, k
             )
             out[f"success_{name}_{form}_uncoupled"] = res["success"].mean(-1)
     return out
@@ -288,7 +291,7 @@ def plot(results, config):
                         label=label if form == FORMS[0] else None,
                     )
                     if form == FORMS[0]:
-                        lo, hi = ns.wilson(p[:, gi] * runs, runs)
+                        lo, hi = wilson_interval(p[:, gi] * runs, runs)
                         ax.fill_between(sig, lo, hi, color=f"C{gi}", alpha=0.15)
             title = LABELS.get(variant, "leader (hard arg-min)")
             ax.set(
@@ -296,9 +299,10 @@ def plot(results, config):
             )
             ax.legend(fontsize=6, title="solid: SDE, dashed: optimizer", title_fontsize=6)
         fig.suptitle(
-            f"{name}: N={config.agents} agents from uniform starts in x* ± "
+            f"{name}: N={config.num_agents} agents from uniform starts in x* ± "
             f"{config.start_halfwidth:g}, k={config.gain:g}, k_z={config.quorum_gain:g}, "
-            f"η={config.learning_rate:g}, T={config.time:g}; SDE dt={config.dt:g} (bands: 95% "
+            f"η={config.gradient_scale:g}, T={config.time:g}; SDE h={config.sde_step_size:g} "
+            f"(bands: 95% "
             f"Wilson CI, {runs} runs), optimizer h={config.step_size:g}. Protocol ours.",
             fontsize=8,
         )

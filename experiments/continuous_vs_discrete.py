@@ -1,10 +1,10 @@
 """The same coupling rule as an SDE (Diffrax) and as an Optax optimizer, on a nonconvex f.
 
-Protocol (ours): the tilted multi-well `f(x) = q x² + A sin²(πx) + t x` (PAPERS.md §1), N
+Protocol (ours): the tilted multi-well `f(x) = q x² + A sin²(πx) + t x` (docs/papers.md), N
 agents with quorum coupling (g = 0), additive noise σ.
 
 1. Pathwise (in float64): the Euler–Maruyama solution with step h (`dynamics.solve` with a
-   `StepBrownianPath`) and the discrete optimizer (`algorithms.euler_optimizer`, Gaussian
+   `StepBrownianPath`) and the discrete optimizer (`algorithms.solve_discrete`, Gaussian
    gradient noise from the same key) are run from the same start; their trajectories are
    overlaid and their largest absolute difference is `pathwise_max_abs_diff` (rounding only).
 2. Weak error: for several h, E φ(X^h_T) of the optimizer, φ(x) = (1/N) Σ_i x_i², against a
@@ -23,9 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algorithms.coupling import euler_optimizer
-from algorithms.oracles import sde_matched_oracle
-from algorithms.runner import run_agents
+from algorithms.discrete import solve_discrete
 from dynamics.coupling import Quorum
 from dynamics.landscapes import TiltedMultiWell
 from dynamics.noise import IsotropicNoise
@@ -41,9 +39,9 @@ DESCRIPTION = "One rule as SDE and optimizer: pathwise equality with shared nois
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    agents: int = dataclasses.field(default=8, metadata={"help": "N"})
+    num_agents: int = dataclasses.field(default=8, metadata={"help": "N"})
     sigma: float = dataclasses.field(default=0.8, metadata={"help": "noise σ"})
-    learning_rate: float = dataclasses.field(default=0.5, metadata={"help": "η"})
+    gradient_scale: float = dataclasses.field(default=0.5, metadata={"help": "η"})
     gain: float = dataclasses.field(default=1.0, metadata={"help": "k"})
     quorum_gain: float = dataclasses.field(default=0.25, metadata={"help": "k_z"})
     tilt: float = dataclasses.field(default=0.2, metadata={"help": "tilt t of the multi-well"})
@@ -59,11 +57,11 @@ class Config:
     samples: int = dataclasses.field(default=16384, metadata={"help": "samples (weak error)"})
 
     def __post_init__(self):
-        if self.agents < 1:
-            raise ValueError(f"agents must be >= 1, got {self.agents}")
+        if self.num_agents < 1:
+            raise ValueError(f"num_agents must be >= 1, got {self.num_agents}")
         if self.sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {self.sigma}")
-        for name in ("learning_rate", "path_time", "path_step", "weak_time"):
+        for name in ("gradient_scale", "path_time", "path_step", "weak_time"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if len(self.step_sizes) < 2 or min(self.step_sizes) <= 0:
@@ -83,12 +81,12 @@ def _system(config):
         TiltedMultiWell(1, tilt=config.tilt),
         Quorum(config.gain, config.quorum_gain),
         IsotropicNoise(config.sigma),
-        learning_rate=config.learning_rate,
+        gradient_scale=config.gradient_scale,
     )
 
 
 def _start(config):
-    return jnp.linspace(-2.5, 2.5, config.agents)[:, None]
+    return jnp.linspace(-2.5, 2.5, config.num_agents)[:, None]
 
 
 def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
@@ -105,16 +103,14 @@ def _run(config, key):
     # 1. Pathwise equality with shared random numbers.
     h = config.path_step
     steps = round(config.path_time / h)
-    sol = solve(system, x0, t1=steps * h, dt=h, key=k_path, saveat=steps + 1)
-    res = run_agents(
-        euler_optimizer(system, h), x0, sde_matched_oracle(system, h),
-        num_steps=steps, key=k_path,
-    )  # fmt: skip
+    path = dict(t1=steps * h, step_size=h, key=k_path, saveat=steps + 1)
+    sol = solve(system, x0, **path)
+    disc = solve_discrete(system, x0, **path)
     out = {
         "path_ts": np.asarray(sol.ts),
         "path_sde": np.asarray(sol.x[..., 0]),
         "path_sde_center": np.asarray(sol.aux[..., 0]),
-        "path_optax": np.asarray(res.metrics["params"][..., 0]),
+        "path_optax": np.asarray(disc.x[..., 0]),
     }
 
     # 2. Weak error against a fine Heun reference on a shared Brownian tree.
@@ -130,20 +126,18 @@ def _run(config, key):
         return jnp.mean(x**2)
 
     def reference(k):
-        s = solve(system, x0, t1=t1, dt=ref_dt, brownian=tree(k), solver=diffrax.Heun(), saveat=1)
+        s = solve(
+            system, x0, t1=t1, step_size=ref_dt, brownian=tree(k), solver=diffrax.Heun(), saveat=1
+        )
         return phi(s.x[-1])
 
     ref = jax.vmap(reference)(keys)
     diffs = []
     for h in config.step_sizes:
-        n = round(t1 / h)
 
-        def discrete(k, h=h, n=n):
-            r = run_agents(
-                euler_optimizer(system, h), x0, sde_matched_oracle(system, h, brownian=tree(k)),
-                num_steps=n, key=k, record_every=n,
-            )  # fmt: skip
-            return phi(r.params)
+        def discrete(k, h=h):
+            s = solve_discrete(system, x0, t1=t1, step_size=h, brownian=tree(k), saveat=1)
+            return phi(s.x[-1])
 
         diffs.append(jax.vmap(discrete)(keys) - ref)
     diffs = np.asarray(jnp.stack(diffs))  # (H, samples)
@@ -226,8 +220,8 @@ def plot(results, config):
             f"{config.samples} samples")  # fmt: skip
     ax2.legend(fontsize=8)
     fig.suptitle(
-        f"Quorum SGD on the tilted multi-well, N={config.agents}, σ={config.sigma:g}, "
-        f"η={config.learning_rate:g}, k={config.gain:g}, k_z={config.quorum_gain:g}",
+        f"Quorum SGD on the tilted multi-well, N={config.num_agents}, σ={config.sigma:g}, "
+        f"η={config.gradient_scale:g}, k={config.gain:g}, k_z={config.quorum_gain:g}",
         fontsize=9,
     )
     return {"continuous_vs_discrete": fig}

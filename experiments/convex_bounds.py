@@ -1,6 +1,6 @@
 """The strongly convex analysis: E‖x̄ − x*‖ and the deviation over time against the bounds.
 
-Protocol (ours; PAPERS.md §1 claim 4, the paper's constants were not available): the
+Protocol (ours; docs/papers.md claim 4, the paper's constants were not available): the
 log-cosh plus quadratic `f(x) = Σ_j log cosh(x_j − c_j) + (m/2)‖x − c‖²` in 2-D
 (m-strongly convex, L = m + 1 smooth), N agents started around a common point at distance
 `start_distance` from x* = c with a fixed spread, additive noise σ. Three algorithms in their
@@ -55,10 +55,10 @@ class Config:
     dim: int = dataclasses.field(default=2, metadata={"help": "dimension n"})
     strong_convexity: float = dataclasses.field(default=0.5, metadata={"help": "m (L = m + 1)"})
     sigma: float = dataclasses.field(default=0.5, metadata={"help": "noise intensity σ"})
-    learning_rate: float = dataclasses.field(default=1.0, metadata={"help": "η in the drift"})
+    gradient_scale: float = dataclasses.field(default=1.0, metadata={"help": "η in the drift"})
     gain: float = dataclasses.field(default=2.0, metadata={"help": "quorum SGD: k (1/time)"})
     quorum_gain: float = dataclasses.field(default=0.5, metadata={"help": "quorum SGD: k_z"})
-    center_learning_rate: float = dataclasses.field(
+    center_gradient_scale: float = dataclasses.field(
         default=1.0, metadata={"help": "quorum SGD: η_z, z descends f"}
     )
     damping: float = dataclasses.field(default=2.0, metadata={"help": "momentum: damping γ"})
@@ -72,15 +72,15 @@ class Config:
         default=0.5, metadata={"help": "std of the agents' initial offsets per coordinate"}
     )
     time: float = dataclasses.field(default=30.0, metadata={"help": "horizon T (time units)"})
-    dt: float = dataclasses.field(default=0.01, metadata={"help": "Euler–Maruyama step"})
+    step_size: float = dataclasses.field(default=0.01, metadata={"help": "Euler–Maruyama step h"})
     saves: int = dataclasses.field(default=121, metadata={"help": "save times in [0, T]"})
     runs: int = dataclasses.field(default=256, metadata={"help": "independent runs"})
 
     def __post_init__(self):
-        for name in ("strong_convexity", "sigma", "learning_rate", "time", "dt", "damping"):
+        for name in ("strong_convexity", "sigma", "gradient_scale", "time", "step_size", "damping"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("gain", "center_learning_rate", "rho", "start_distance", "start_spread"):
+        for name in ("gain", "center_gradient_scale", "rho", "start_distance", "start_spread"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not self.quorum_gain > 0:
@@ -104,10 +104,10 @@ def _system(config, algorithm):
     if algorithm == "easgd":
         rule, damping = elastic(config.rho), None
     else:
-        rule = Quorum(config.gain, config.quorum_gain, config.center_learning_rate)
+        rule = Quorum(config.gain, config.quorum_gain, config.center_gradient_scale)
         damping = config.damping if algorithm == "momentum_quorum_sgd" else None
     return CoupledSystem(
-        _landscape(config), rule, IsotropicNoise(config.sigma), config.learning_rate, damping
+        _landscape(config), rule, IsotropicNoise(config.sigma), config.gradient_scale, damping
     )
 
 
@@ -126,12 +126,12 @@ def _bounds(config, algorithm, n_agents, x0, ts):
     common = dict(
         sigma=config.sigma,
         dim=config.dim,
-        n_agents=n_agents,
+        num_agents=n_agents,
         gain=k,
-        eta=config.learning_rate,
+        gradient_scale=config.gradient_scale,
         strong_convexity=m,
     )
-    deviation = theory.deviation_bound(ts, **common, initial=d0)
+    deviation = theory.deviation_bound(ts, **common, initial_deviation=d0)
     mean = theory.mean_distance_bound(
         ts,
         **common,
@@ -139,7 +139,7 @@ def _bounds(config, algorithm, n_agents, x0, ts):
         initial_distance=config.start_distance,
         initial_deviation=d0,
         quorum_gain=config.rho if algorithm == "easgd" else config.quorum_gain,
-        center_learning_rate=0.0 if algorithm == "easgd" else config.center_learning_rate,
+        center_gradient_scale=0.0 if algorithm == "easgd" else config.center_gradient_scale,
     )
     limit = theory.mean_distance_limit(**common, smoothness=m + 1.0)
     return mean, deviation, limit
@@ -157,7 +157,9 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
             x0 = _start(config, n, jax.random.fold_in(k_start, n))
             system = _system(config, algorithm)
             keys = jax.random.split(jax.random.fold_in(k_runs, 100 * ai + ni), config.runs)
-            sol = solve_runs(system, jnp.asarray(x0), keys, t1=config.time, dt=config.dt, saveat=ts)
+            sol = solve_runs(
+                system, jnp.asarray(x0), keys, t1=config.time, step_size=config.step_size, saveat=ts
+            )
             x = np.asarray(sol.x, dtype=float)  # (R, T, N, dim)
             mean = x.mean(2)
             dist_sq = np.sum(mean**2, -1)  # x* = 0
@@ -337,7 +339,7 @@ def plot(results, config):
         )
     ref = results["stationary_sq_distance_easgd"][0, 0] * ns[0] / ns
     ax3.plot(ns, ref, "k:", label="∝ 1/N")
-    noise = config.dim * config.sigma**2 / (2 * config.learning_rate * config.strong_convexity)
+    noise = config.dim * config.sigma**2 / (2 * config.gradient_scale * config.strong_convexity)
     ax3.plot(ns, noise / ns, "r--", lw=0.8, label="bound's noise term nσ²/(2ηmN)")
     ax3.set(
         xscale="log",
@@ -349,9 +351,9 @@ def plot(results, config):
     ax3.legend(fontsize=7)
     caption = (
         f"f = Σ log cosh(x_j) + (m/2)‖x‖², n={config.dim}, m={config.strong_convexity:g}, "
-        f"σ={config.sigma:g}, η={config.learning_rate:g}; quorum: k={config.gain:g}, "
-        f"k_z={config.quorum_gain:g}, η_z={config.center_learning_rate:g}, γ={config.damping:g}; "
-        f"EASGD ρ={config.rho:g}; Euler–Maruyama dt={config.dt:g}, {config.runs} runs. "
+        f"σ={config.sigma:g}, η={config.gradient_scale:g}; quorum: k={config.gain:g}, "
+        f"k_z={config.quorum_gain:g}, η_z={config.center_gradient_scale:g}, γ={config.damping:g}; "
+        f"EASGD ρ={config.rho:g}; Euler–Maruyama h={config.step_size:g}, {config.runs} runs. "
         "Protocol ours."
     )
     for f in (fig, fig2, fig3):

@@ -1,9 +1,9 @@
 """Noise reduction by coupling: Var(x̄) against N and the spread E e_i² against k.
 
-Protocol (ours; PAPERS.md §1 gives the closed forms): a quadratic `f = ½ a x²` (dim 1) with
+Protocol (ours; docs/papers.md gives the closed forms): a quadratic `f = ½ a x²` (dim 1) with
 additive noise σ, N agents from x* = 0, all-to-all `k(x̄ − x_i)` and quorum (g = 0) coupling.
 Each configuration is simulated in both forms: the SDE with Diffrax's Heun solver (whose
-stationary variance is accurate to O(dt²)) and the discrete optimizer (`euler_optimizer`,
+stationary variance is accurate to O(h²)) and the discrete optimizer (`solve_discrete`,
 step h, Gaussian gradient noise matched to σ; its stationary variance differs from the
 continuous one by O(h), which the exact discrete Lyapunov solution accounts for). After a
 burn-in, per-run time averages of x̄² and (1/N) Σ e_i² are averaged over independent runs
@@ -19,11 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algorithms.coupling import euler_optimizer
-from algorithms.oracles import sde_matched_oracle
-from algorithms.runner import run_agents
+from algorithms.discrete import solve_discrete
 from dynamics import theory
-from dynamics.coupling import MeanField, Quorum, agent_mean
+from dynamics.coupling import MeanField, Quorum
 from dynamics.landscapes import Quadratic
 from dynamics.noise import IsotropicNoise
 from dynamics.solve import solve_runs
@@ -44,7 +42,7 @@ FORMS = ("continuous", "discrete")
 @dataclasses.dataclass(frozen=True)
 class Config:
     sigma: float = dataclasses.field(default=0.5, metadata={"help": "noise intensity σ"})
-    learning_rate: float = dataclasses.field(default=1.0, metadata={"help": "η in the drift"})
+    gradient_scale: float = dataclasses.field(default=1.0, metadata={"help": "η in the drift"})
     curvature: float = dataclasses.field(default=1.0, metadata={"help": "a in f = ½ a x²"})
     gain: float = dataclasses.field(default=1.0, metadata={"help": "k for the Var(x̄)-vs-N sweep"})
     quorum_gain: float = dataclasses.field(default=0.05, metadata={"help": "k_z (quorum)"})
@@ -59,12 +57,19 @@ class Config:
     burn_in: float = dataclasses.field(default=10.0, metadata={"help": "time before sampling"})
     sample_time: float = dataclasses.field(default=60.0, metadata={"help": "time sampled"})
     sample_every: float = dataclasses.field(default=0.25, metadata={"help": "time between samples"})
-    dt: float = dataclasses.field(default=0.01, metadata={"help": "SDE step (Heun)"})
-    step_size: float = dataclasses.field(default=0.005, metadata={"help": "discrete step h"})
+    sde_step_size: float = dataclasses.field(default=0.01, metadata={"help": "SDE step (Heun)"})
+    step_size: float = dataclasses.field(default=0.005, metadata={"help": "optimizer step h"})
     rel_tol: float = dataclasses.field(default=0.1, metadata={"help": "claimed max rel. error"})
 
     def __post_init__(self):
-        for name in ("sigma", "learning_rate", "curvature", "dt", "step_size", "sample_time"):
+        for name in (
+            "sigma",
+            "gradient_scale",
+            "curvature",
+            "sde_step_size",
+            "step_size",
+            "sample_time",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if min(self.agent_counts) < 1 or self.spread_agents < 2:
@@ -87,7 +92,7 @@ def _system(config, kind, gain):
         Quadratic([config.curvature]),
         _rule(kind, gain, config.quorum_gain),
         IsotropicNoise(config.sigma),
-        learning_rate=config.learning_rate,
+        gradient_scale=config.gradient_scale,
     )
 
 
@@ -100,7 +105,7 @@ def _moments_continuous(config, kind, n_agents, gains, key):
 
     def one(gain):
         sol = solve_runs(
-            _system(config, kind, gain), x0, keys, t1=t1, dt=config.dt,
+            _system(config, kind, gain), x0, keys, t1=t1, step_size=config.sde_step_size,
             solver=diffrax.Heun(), saveat=ts,
         )  # fmt: skip
         x = sol.x[..., 0]  # (R, T, N)
@@ -115,24 +120,18 @@ def _moments_discrete(config, kind, n_agents, gains, key):
     every = max(1, round(config.sample_every / h))
     burn = round(config.burn_in / h / every) * every
     total = burn + round(config.sample_time / h / every) * every
-    first = burn // every
+    saveat = np.arange(burn, total + 1, every) * h  # on the step grid: every `every` steps
     keys = jax.random.split(key, config.runs)
     x0 = jnp.zeros((n_agents, 1))
-
-    def metrics_fn(params, opt_state, losses):
-        del opt_state, losses
-        mean = agent_mean(params)
-        return {"mean_sq": jnp.sum(mean**2), "spread": jnp.mean((params - mean[None]) ** 2)}
 
     def one(gain):
         system = _system(config, kind, gain)
 
         def run(k):
-            res = run_agents(
-                euler_optimizer(system, h), x0, sde_matched_oracle(system, h),
-                num_steps=total, key=k, record_every=every, metrics_fn=metrics_fn,
-            )  # fmt: skip
-            return res.metrics["mean_sq"][first:].mean(), res.metrics["spread"][first:].mean()
+            sol = solve_discrete(system, x0, t1=total * h, step_size=h, key=k, saveat=saveat)
+            x = sol.x[..., 0]  # (T, N)
+            mean = x.mean(-1)
+            return (mean**2).mean(), ((x - mean[:, None]) ** 2).mean(-1).mean()
 
         return jax.vmap(run)(keys)
 
@@ -141,15 +140,20 @@ def _moments_discrete(config, kind, n_agents, gains, key):
 
 def _theory(config, kind, n_agents, gain, step_size=None):
     """(Var x̄, E e²) from the closed forms, or the Euler chain's Lyapunov solution."""
-    s, eta, a = config.sigma, config.learning_rate, config.curvature
     if step_size is not None:
-        m = theory.stationary_moments(_system(config, kind, gain), n_agents, step_size)
+        m = theory.stationary_moments(
+            _system(config, kind, gain), num_agents=n_agents, step_size=step_size
+        )
         return float(m.var_mean[0]), float(m.spread[0])
+    common = dict(
+        sigma=config.sigma, gradient_scale=config.gradient_scale, curvature=config.curvature,
+        num_agents=n_agents,
+    )  # fmt: skip
     if kind == "all_to_all":
-        var = theory.all_to_all_mean_variance(s, eta, a, n_agents)
+        var = theory.all_to_all_mean_variance(**common)
     else:
-        var = theory.quorum_mean_variance(s, eta, a, n_agents, gain, config.quorum_gain)
-    return var, theory.all_to_all_spread(s, eta, a, gain, n_agents)
+        var = theory.quorum_mean_variance(**common, gain=gain, quorum_gain=config.quorum_gain)
+    return var, theory.all_to_all_spread(**common, gain=gain)
 
 
 def run(config: Config, key: jax.Array, cache=None) -> dict[str, np.ndarray]:
@@ -280,7 +284,12 @@ def plot(results, config):
             )
     ax1.plot(
         ns,
-        [theory.uncoupled_variance(config.sigma, config.learning_rate, config.curvature)] * len(ns),
+        [
+            theory.uncoupled_variance(
+                sigma=config.sigma, gradient_scale=config.gradient_scale, curvature=config.curvature
+            )
+        ]
+        * len(ns),
         "k:",
         label="one uncoupled agent",
     )
@@ -291,8 +300,8 @@ def plot(results, config):
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
     fig.suptitle(
-        f"f = ½ a x², σ={config.sigma:g}, η={config.learning_rate:g}; SDE: Heun "
-        f"dt={config.dt:g}; optimizer: h={config.step_size:g}; bars: ±1 s.e.",
+        f"f = ½ a x², σ={config.sigma:g}, η={config.gradient_scale:g}; SDE: Heun "
+        f"h={config.sde_step_size:g}; optimizer: h={config.step_size:g}; bars: ±1 s.e.",
         fontsize=9,
     )
     return {"noise_reduction": fig}

@@ -1,6 +1,6 @@
 """Coupling stabilizes higher noise on nonconvex landscapes (Boffi & Slotine, claim 3).
 
-Protocol (ours; the paper's objectives and constants were not available, PAPERS.md §1):
+Protocol (ours; the paper's objectives and constants were not available, docs/papers.md):
 two landscapes, the tilted multi-well `f(x) = x²/20 + sin²(πx) + t x` (1-D, t = 0.2, global
 well at x* ≈ −2) and the Rastrigin-type `f(x) = Σ_j x_j²/20 + 1 − cos(2π x_j)` (2-D, x* = 0).
 N agents all start at the global minimizer x* and follow the all-to-all coupled SDE
@@ -10,11 +10,11 @@ is which noise levels each configuration survives: uncoupled agents (k = 0) are 
 the global well once σ is large, and x̄ of N independent agents is then the average of
 scattered points; coupled agents share one well and x̄ feels noise σ/√N.
 
-Both forms of the same rule run every configuration with independent random numbers: the SDE
-by Euler–Maruyama (`dynamics.solve`, step dt) and the discrete optimizer
-(`algorithms.euler_optimizer`, step h, Gaussian gradient noise matched to σ). For speed, σ
-is a pytree leaf (`IsotropicNoise`), so one compilation per (landscape, N, form) covers the whole
-(σ, k, run) grid under `jax.vmap`.
+Both forms of the same rule run every configuration with independent random numbers
+(`algorithms.basin_success`): the SDE by Euler–Maruyama (`dynamics.solve`, step
+`sde_step_size`) and the discrete optimizer (`algorithms.euler_optimizer`, step h, Gaussian
+gradient noise matched to σ). σ and k are pytree leaves, so one compilation per
+(landscape, N, form) covers the whole (σ, k, run) grid under `jax.vmap`.
 
 Claims (their thresholds fixed before running): over the noise levels where the best
 uncoupled configuration (k = 0, any N, so also the average of 64 independent runs) succeeds
@@ -30,21 +30,14 @@ intervals are 95% Wilson intervals over independent runs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algorithms.coupling import euler_optimizer
-from algorithms.oracles import sde_matched_oracle
-from algorithms.runner import run_agents
-from dynamics.coupling import AbstractCoupling, MeanField
+from algorithms.sweeps import FORMS, basin_success, wilson_interval
+from dynamics.coupling import MeanField
 from dynamics.landscapes import AbstractLandscape, Rastrigin, TiltedMultiWell
-from dynamics.noise import IsotropicNoise
-from dynamics.solve import solve
-from dynamics.system import CoupledSystem
 
 from .harness.contract import claim_greater
 from .harness.plotting import figure
@@ -53,7 +46,6 @@ NAME = "nonconvex_stabilization"
 DESCRIPTION = "Coupling keeps x̄ in the global basin at noise levels that scatter uncoupled agents"
 
 LANDSCAPES = ("multiwell", "rastrigin")
-FORMS = ("continuous", "discrete")
 FAIL_LEVEL = 0.5  # "uncoupled agents fail": success below this
 MARGIN = 0.2  # "markedly more often": at least this much more success
 STABLE_LEVEL = 0.9  # "stable" noise level: success at least this
@@ -74,14 +66,16 @@ class Config:
         default=(0.5, 0.8, 1.2, 1.6, 2.2, 3.0), metadata={"help": "noise σ, Rastrigin"}
     )
     tilt: float = dataclasses.field(default=0.2, metadata={"help": "tilt t of the multi-well"})
-    learning_rate: float = dataclasses.field(default=1.0, metadata={"help": "η in the drift"})
+    gradient_scale: float = dataclasses.field(default=1.0, metadata={"help": "η in the drift"})
     time: float = dataclasses.field(default=30.0, metadata={"help": "horizon T (time units)"})
-    dt: float = dataclasses.field(default=0.01, metadata={"help": "SDE step (Euler–Maruyama)"})
+    sde_step_size: float = dataclasses.field(
+        default=0.01, metadata={"help": "SDE step (Euler–Maruyama)"}
+    )
     step_size: float = dataclasses.field(default=0.02, metadata={"help": "optimizer step h"})
     runs: int = dataclasses.field(default=256, metadata={"help": "independent runs per config"})
 
     def __post_init__(self):
-        for name in ("learning_rate", "time", "dt", "step_size"):
+        for name in ("gradient_scale", "time", "sde_step_size", "step_size"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not self.agent_counts or min(self.agent_counts) < 1:
@@ -92,7 +86,7 @@ class Config:
             s = getattr(self, name)
             if not s or min(s) <= 0:
                 raise ValueError(f"{name} must be a non-empty tuple of values > 0, got {s}")
-        for name, step in (("dt", self.dt), ("step_size", self.step_size)):
+        for name, step in (("sde_step_size", self.sde_step_size), ("step_size", self.step_size)):
             if abs(self.time / step - round(self.time / step)) > 1e-6:
                 raise ValueError(f"time {self.time} is not a multiple of {name}={step}")
         if self.runs < 2:
@@ -119,73 +113,13 @@ def landscape(name: str, config) -> AbstractLandscape:
 
 
 def sigmas(name: str, config) -> tuple[float, ...]:
+    """The protocol's noise levels σ for the named landscape."""
     return config.sigmas_multiwell if name == "multiwell" else config.sigmas_rastrigin
 
 
-def simulate(
-    land: AbstractLandscape,
-    rule: AbstractCoupling,
-    where: Callable[[AbstractCoupling], object],
-    grid,
-    noise_levels,
-    n_agents: int,
-    form: str,
-    config,
-    key: jax.Array,
-    start_halfwidth: float = 0.0,
-) -> dict[str, np.ndarray]:
-    """Final spatial means of `runs` independent runs for every (σ, rule setting).
-
-    `rule` is a template; `eqx.tree_at(where, rule, g)` sets the swept field(s) from each
-    entry `g` of `grid` (a pytree with leading axis G), all under one compilation. All agents
-    start at the minimizer, or with `start_halfwidth > 0` each agent of each run at a uniform
-    random point of the box `x* ± start_halfwidth` (the same starts for every σ and g).
-    Returns `success`, `loss` (f(x̄(T))) and `diverged` (bool), each of shape `(S, G, R)`.
-    """
-    centre = jnp.broadcast_to(jnp.asarray(land.minimizer()), (n_agents, land.dim))
-    keys = jax.random.split(key, config.runs)
-    template = CoupledSystem(land, rule, IsotropicNoise(1.0), learning_rate=config.learning_rate)
-
-    def one(sigma, g, k):
-        k_start, k = jax.random.split(k)
-        offset = jax.random.uniform(k_start, centre.shape, minval=-1.0, maxval=1.0)
-        x0 = centre + start_halfwidth * offset
-        system = eqx.tree_at(lambda s: s.noise.sigma, template, sigma)
-        system = eqx.tree_at(lambda s: where(s.coupling), system, g)
-        if form == "continuous":
-            sol = solve(system, x0, t1=config.time, dt=config.dt, key=k, saveat=1)
-            x, diverged = sol.x[-1], ~jnp.all(jnp.isfinite(sol.x[-1]))
-        else:
-            h = config.step_size
-            steps = round(config.time / h)
-            res = run_agents(
-                euler_optimizer(system, h),
-                x0,
-                sde_matched_oracle(system, h),
-                num_steps=steps,
-                key=k,
-                record_every=steps,
-            )
-            x, diverged = res.params, res.diverged_step >= 0
-        mean = jnp.mean(x, axis=0)
-        ok = land.in_global_basin(mean) & ~diverged
-        return ok, jnp.where(diverged, jnp.inf, land.value(mean)), diverged
-
-    runs = jax.vmap(one, (None, None, 0))
-    over_grid = jax.vmap(runs, (None, 0, None))
-    over_sigma = jax.vmap(over_grid, (0, None, None))
-    # No outer `jax.jit`: `solve` and `run_agents` compile themselves, and the optimizer's
-    # constructor checks its (concrete) step size with host logic.
-    out = over_sigma(jnp.asarray(noise_levels, dtype=float), grid, keys)
-    return dict(zip(("success", "loss", "diverged"), (np.asarray(o) for o in out)))
-
-
-def wilson(successes, n, z: float = 1.96):
-    """95% Wilson score interval `(lo, hi)` for a binomial proportion (element-wise)."""
-    p = np.asarray(successes, dtype=float) / n
-    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
-    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
-    return centre - half, centre + half
+def step_size(form: str, config) -> float:
+    """The time step of a form: `sde_step_size` (continuous) or `step_size` (discrete)."""
+    return config.sde_step_size if form == "continuous" else config.step_size
 
 
 def run(config: Config, key: jax.Array, cache=None) -> dict[str, np.ndarray]:
@@ -205,9 +139,11 @@ def run(config: Config, key: jax.Array, cache=None) -> dict[str, np.ndarray]:
                 k = jax.random.fold_in(key, 100 * li + 10 * fi + ni)
                 res = cached(
                     f"{name}_{form}_N{n}",
-                    lambda land=land, name=name, n=n, form=form, k=k: simulate(
+                    lambda land=land, name=name, n=n, form=form, k=k: basin_success(
                         land, MeanField(0.0), lambda r: r.gain, jnp.asarray(gains),
-                        sigmas(name, config), int(n), form, config, k,
+                        sigmas(name, config), num_agents=int(n), form=form,
+                        gradient_scale=config.gradient_scale, t1=config.time,
+                        step_size=step_size(form, config), num_runs=config.runs, key=k,
                     ),
                 )  # fmt: skip
                 success.append(res["success"])
@@ -339,7 +275,7 @@ def plot(results, config):
                     label = f"k={k:g}" if form == "continuous" else None
                     ax.plot(sig, p, style, marker="o", ms=3, color=color, label=label)
                     if form == "continuous":
-                        lo, hi = wilson(p * runs, runs)
+                        lo, hi = wilson_interval(p * runs, runs)
                         ax.fill_between(sig, lo, hi, color=color, alpha=0.15)
                     f = results[f"loss_{name}_{form}"][ni, :, ki]
                     se = results[f"loss_se_{name}_{form}"][ni, :, ki]
@@ -367,7 +303,8 @@ def plot(results, config):
             ax2.legend(fontsize=7, title="solid: SDE, dashed: optimizer", title_fontsize=7)
         caption = (
             f"{name}: all agents start at x*, all-to-all coupling k(x̄ − x_i), η="
-            f"{config.learning_rate:g}, T={config.time:g}; SDE: Euler–Maruyama dt={config.dt:g} "
+            f"{config.gradient_scale:g}, T={config.time:g}; SDE: Euler–Maruyama "
+            f"h={config.sde_step_size:g} "
             f"(bands: 95% Wilson CI, {runs} runs); optimizer: h={config.step_size:g}. "
             "Protocol ours."
         )

@@ -3,15 +3,16 @@
 The spatial mean of N coupled agents moves with the average gradient,
 `dx̄ = −η mean_i ∇f(x̄ + e_i) dt + (σ/√N) dW̄`, so it descends f convolved with the
 distribution of the deviations `e_i = x_i − x̄`: the loss seen by x̄ is smoothed over a width
-`D = E (1/N) Σ_i e_i²`. Coupling shrinks D (PAPERS.md §1, claim 2); for uncoupled agents D is
+`D = E (1/N) Σ_i e_i²`. Coupling shrinks D (docs/papers.md, claim 2); for uncoupled agents D is
 the spread of independent SGD runs, the smoothing plain SGD imposes.
 
 Protocol (ours): the multi-well `f(x) = x²/20 + sin²(πx)` (1-D), N agents started at x* = 0,
 all-to-all coupling `k(x̄ − x_i)`, additive noise σ small enough that the agents stay in the
 global well. D is averaged over time after a burn-in and over independent runs (vmapped),
-for the SDE (Diffrax Heun, accurate to O(dt²)) and the discrete optimizer (step h). Theory:
-the linearization at x* (`theory.stationary_moments`), i.e. `σ²(N−1)/(2N(ηa + k))` with
-`a = f''(x*) = 1/10 + 2π²`, and the Euler chain's Lyapunov solution for the optimizer. The
+for the SDE (Diffrax Heun, accurate to O(h²)) and the discrete optimizer (`solve_discrete`,
+step h). Theory: the linearization at x* (`theory.stationary_moments`), i.e.
+`σ²(N−1)/(2N(ηa + k))` with `a = f''(x*) = 1/10 + 2π²` (the landscape's Hessian at its
+minimizer), and the Euler chain's Lyapunov solution for the optimizer. The
 right panel draws the loss seen by x̄, `E f(x + √D ξ)` with ξ standard normal, which for this f is
 `q(x² + D) + (A/2)(1 − e^{−2π² D} cos 2πx)`: coupling restores the wells that smoothing hides.
 """
@@ -19,6 +20,7 @@ right panel draws the loss seen by x̄, `E f(x + √D ξ)` with ξ standard norm
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import diffrax
@@ -26,11 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algorithms.coupling import euler_optimizer
-from algorithms.oracles import sde_matched_oracle
-from algorithms.runner import run_agents
+from algorithms.discrete import solve_discrete
 from dynamics import theory
-from dynamics.coupling import MeanField, agent_mean
+from dynamics.coupling import MeanField
 from dynamics.landscapes import TiltedMultiWell
 from dynamics.noise import IsotropicNoise
 from dynamics.solve import solve_runs
@@ -48,7 +48,7 @@ FORMS = ("continuous", "discrete")
 @dataclasses.dataclass(frozen=True)
 class Config:
     sigma: float = dataclasses.field(default=0.3, metadata={"help": "noise intensity σ"})
-    learning_rate: float = dataclasses.field(default=1.0, metadata={"help": "η in the drift"})
+    gradient_scale: float = dataclasses.field(default=1.0, metadata={"help": "η in the drift"})
     agent_counts: tuple[int, ...] = dataclasses.field(
         default=(4, 16, 64), metadata={"help": "numbers of agents N (>= 2)"}
     )
@@ -59,14 +59,21 @@ class Config:
     burn_in: float = dataclasses.field(default=1.0, metadata={"help": "time before sampling"})
     sample_time: float = dataclasses.field(default=20.0, metadata={"help": "time sampled"})
     sample_every: float = dataclasses.field(default=0.05, metadata={"help": "sampling interval"})
-    dt: float = dataclasses.field(default=0.002, metadata={"help": "SDE step (Heun)"})
+    sde_step_size: float = dataclasses.field(default=0.002, metadata={"help": "SDE step (Heun)"})
     step_size: float = dataclasses.field(default=0.005, metadata={"help": "optimizer step h"})
     rel_tol: float = dataclasses.field(
         default=0.1, metadata={"help": "claimed max relative error of D against theory"}
     )
 
     def __post_init__(self):
-        for name in ("sigma", "learning_rate", "dt", "step_size", "sample_time", "sample_every"):
+        for name in (
+            "sigma",
+            "gradient_scale",
+            "sde_step_size",
+            "step_size",
+            "sample_time",
+            "sample_every",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.burn_in < 0:
@@ -79,31 +86,36 @@ class Config:
             raise ValueError(f"need >= 2 gains, all >= 0, got {self.gains}")
         if self.runs < 2:
             raise ValueError(f"runs must be >= 2, got {self.runs}")
-        rate = self.learning_rate * _curvature() + max(self.gains)
-        # Heun's stationary variance is off by O((rate·dt)²): keep it to about 1%.
-        if rate * self.dt > 0.3:
+        rate = self.gradient_scale * _curvature() + max(self.gains)
+        # Heun's stationary variance is off by O((rate·h)²): keep it to about 1%.
+        if rate * self.sde_step_size > 0.3:
             raise ValueError(
-                f"(ηa + k_max)·dt = {rate * self.dt:.2f} must be <= 0.3 (SDE accuracy)"
+                f"(ηa + k_max)·h = {rate * self.sde_step_size:.2f} must be <= 0.3 (SDE accuracy)"
             )
         if rate * self.step_size >= 1:
             raise ValueError(f"(ηa + k_max)·h = {rate * self.step_size:.2f} must be < 1")
 
 
-QUICK = dict(agent_counts=(4, 16), gains=(0.0, 3.0, 10.0, 30.0), runs=64, sample_time=8.0, dt=0.005)
+QUICK = dict(
+    agent_counts=(4, 16), gains=(0.0, 3.0, 10.0, 30.0), runs=64, sample_time=8.0,
+    sde_step_size=0.005,
+)  # fmt: skip
 
 
 def _landscape():
     return TiltedMultiWell(1)
 
 
+@functools.cache
 def _curvature() -> float:
-    """f''(x*) of the protocol's landscape: 2q + 2π²A."""
-    return 2 * 0.05 + 2 * math.pi**2
+    """a = f''(x*), the curvature of the protocol's landscape at its global minimizer."""
+    landscape = _landscape()
+    return float(landscape.hessian(landscape.minimizer())[0, 0])
 
 
 def _system(config, gain):
     return CoupledSystem(
-        _landscape(), MeanField(gain), IsotropicNoise(config.sigma), config.learning_rate
+        _landscape(), MeanField(gain), IsotropicNoise(config.sigma), config.gradient_scale
     )
 
 
@@ -116,8 +128,9 @@ def _spread_continuous(config, n_agents, key):
 
     def one(gain):
         sol = solve_runs(
-            _system(config, gain), x0, keys, t1=t1, dt=config.dt, solver=diffrax.Heun(), saveat=ts
-        )
+            _system(config, gain), x0, keys, t1=t1, step_size=config.sde_step_size,
+            solver=diffrax.Heun(), saveat=ts,
+        )  # fmt: skip
         x = sol.x[..., 0]  # (R, T, N)
         return jnp.mean((x - x.mean(-1, keepdims=True)) ** 2, axis=(-2, -1))
 
@@ -129,27 +142,17 @@ def _spread_discrete(config, n_agents, key):
     every = max(1, round(config.sample_every / h))
     first = round(config.burn_in / h / every)
     total = (first + round(config.sample_time / h / every)) * every
+    saveat = np.arange(first + 1, total // every + 1) * every * h  # after the burn-in
     keys = jax.random.split(key, config.runs)
     x0 = jnp.zeros((n_agents, 1))
-
-    def metrics_fn(params, opt_state, losses):
-        del opt_state, losses
-        return {"spread": jnp.mean((params - agent_mean(params)[None]) ** 2)}
 
     def one(gain):
         system = _system(config, gain)
 
         def run(k):
-            res = run_agents(
-                euler_optimizer(system, h),
-                x0,
-                sde_matched_oracle(system, h),
-                num_steps=total,
-                key=k,
-                record_every=every,
-                metrics_fn=metrics_fn,
-            )
-            return res.metrics["spread"][first + 1 :].mean()
+            sol = solve_discrete(system, x0, t1=total * h, step_size=h, key=k, saveat=saveat)
+            x = sol.x[..., 0]  # (T, N)
+            return ((x - x.mean(-1, keepdims=True)) ** 2).mean(-1).mean()
 
         return jax.vmap(run)(keys)
 
@@ -169,23 +172,22 @@ def run(config: Config, key: jax.Array) -> dict[str, np.ndarray]:
         out[f"theory_spread{label}"] = np.array(
             [
                 [
-                    float(theory.stationary_moments(_system(config, g), int(n), h).spread[0])
+                    float(
+                        theory.stationary_moments(
+                            _system(config, g), num_agents=int(n), step_size=h
+                        ).spread[0]
+                    )
                     for g in gains
                 ]
                 for n in ns
             ]
         )
     out["sgd_variance"] = np.asarray(
-        theory.uncoupled_variance(config.sigma, config.learning_rate, _curvature())
+        theory.uncoupled_variance(
+            sigma=config.sigma, gradient_scale=config.gradient_scale, curvature=_curvature()
+        )
     )
     return out
-
-
-def smoothed_loss(x, width_sq, quadratic=0.05, amplitude=1.0):
-    """`E f(x + √D ξ)` for `f = q x² + A sin²(πx)`, ξ ~ N(0, 1), D = `width_sq`."""
-    x = np.asarray(x)
-    damp = np.exp(-2 * math.pi**2 * width_sq)
-    return quadratic * (x**2 + width_sq) + 0.5 * amplitude * (1 - damp * np.cos(2 * math.pi * x))
 
 
 def _rel_errors(results):
@@ -303,7 +305,7 @@ def plot(results, config):
     ax2.legend(fontsize=7)
     fig.suptitle(
         f"f = x²/20 + sin²(πx), agents from x*=0, all-to-all coupling, σ={config.sigma:g}, "
-        f"η={config.learning_rate:g}; SDE: Heun dt={config.dt:g}, {config.runs} runs; "
+        f"η={config.gradient_scale:g}; SDE: Heun h={config.sde_step_size:g}, {config.runs} runs; "
         f"optimizer h={config.step_size:g}. Protocol ours.",
         fontsize=8,
     )

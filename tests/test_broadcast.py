@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algorithms.coupling import coupling, euler_optimizer
+from algorithms.coupling import add_coupling_force, euler_optimizer
 from algorithms.optimizers import coupled_sgd
 from algorithms.oracles import landscape_oracle, sde_matched_oracle
 from algorithms.runner import run_agents
@@ -47,12 +47,14 @@ def _x0():
 
 def _system(rule, damping=None, sigma=0.7, landscape=None):
     landscape = TiltedMultiWell(1, tilt=0.2) if landscape is None else landscape
-    return CoupledSystem(landscape, rule, IsotropicNoise(sigma), learning_rate=0.5, damping=damping)
+    return CoupledSystem(
+        landscape, rule, IsotropicNoise(sigma), gradient_scale=0.5, damping=damping
+    )
 
 
 def _both_forms(system, x0, key):
     """(Euler–Maruyama path, optimizer path), each `(STEPS + 1, N, dim)`."""
-    sol = solve(system, x0, t1=STEPS * STEP, dt=STEP, key=key, saveat=STEPS + 1)
+    sol = solve(system, x0, t1=STEPS * STEP, step_size=STEP, key=key, saveat=STEPS + 1)
     res = run_agents(
         euler_optimizer(system, STEP),
         x0,
@@ -196,7 +198,9 @@ def test_named_optimizer_with_minibatch_style_losses(name, make, getkey):
 def test_missing_losses_and_bad_arguments_raise():
     x = jnp.zeros((3, 1))
     with pytest.raises(ValueError, match="losses"):
-        coupling(Leader(1.0), 0.1).update(x, coupling(Leader(1.0), 0.1).init(x), x)
+        add_coupling_force(Leader(1.0), 0.1).update(
+            x, add_coupling_force(Leader(1.0), 0.1).init(x), x
+        )
     for make in (
         lambda: SuccessWeightedQuorum(1.0, 1.0, -1.0),
         lambda: SuccessWeightedQuorum(-1.0, 1.0, 1.0),

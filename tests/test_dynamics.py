@@ -78,25 +78,40 @@ def test_state_dependent_noise_scales_with_distance():
 
 
 SIGMA, ETA, A, N, K, KZ = 0.5, 0.7, 2.0, 4, 1.3, 0.4
+Q = {"sigma": SIGMA, "gradient_scale": ETA, "curvature": A}  # the single-agent parameters
 
 
 def test_lyapunov_matches_closed_forms():
     f = Quadratic([A])
-    m = theory.stationary_moments(CoupledSystem(f, MeanField(K), IsotropicNoise(SIGMA), ETA), N)
-    np.testing.assert_allclose(
-        m.var_mean, theory.all_to_all_mean_variance(SIGMA, ETA, A, N), rtol=1e-10
+    m = theory.stationary_moments(
+        CoupledSystem(f, MeanField(K), IsotropicNoise(SIGMA), ETA), num_agents=N
     )
-    np.testing.assert_allclose(m.spread, theory.all_to_all_spread(SIGMA, ETA, A, K, N), rtol=1e-10)
-    m = theory.stationary_moments(CoupledSystem(f, Quorum(K, KZ), IsotropicNoise(SIGMA), ETA), N)
     np.testing.assert_allclose(
-        m.var_mean, theory.quorum_mean_variance(SIGMA, ETA, A, N, K, KZ), rtol=1e-10
+        m.var_mean, theory.all_to_all_mean_variance(**Q, num_agents=N), rtol=1e-10
     )
-    np.testing.assert_allclose(m.spread, theory.quorum_spread(SIGMA, ETA, A, K, N), rtol=1e-10)
     np.testing.assert_allclose(
-        m.var_aux, theory.quorum_center_variance(SIGMA, ETA, A, N, K, KZ), rtol=1e-10
+        m.spread, theory.all_to_all_spread(**Q, gain=K, num_agents=N), rtol=1e-10
     )
-    m = theory.stationary_moments(CoupledSystem(f, Uncoupled(), IsotropicNoise(SIGMA), ETA), 1)
-    np.testing.assert_allclose(m.var_agent, theory.uncoupled_variance(SIGMA, ETA, A), rtol=1e-10)
+    m = theory.stationary_moments(
+        CoupledSystem(f, Quorum(K, KZ), IsotropicNoise(SIGMA), ETA), num_agents=N
+    )
+    np.testing.assert_allclose(
+        m.var_mean,
+        theory.quorum_mean_variance(**Q, gain=K, quorum_gain=KZ, num_agents=N),
+        rtol=1e-10,
+    )
+    np.testing.assert_allclose(
+        m.spread, theory.quorum_spread(**Q, gain=K, num_agents=N), rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        m.var_aux,
+        theory.quorum_center_variance(**Q, gain=K, quorum_gain=KZ, num_agents=N),
+        rtol=1e-10,
+    )
+    m = theory.stationary_moments(
+        CoupledSystem(f, Uncoupled(), IsotropicNoise(SIGMA), ETA), num_agents=1
+    )
+    np.testing.assert_allclose(m.var_agent, theory.uncoupled_variance(**Q), rtol=1e-10)
 
 
 def test_lyapunov_momentum_matches_heavy_ball_closed_form():
@@ -105,20 +120,20 @@ def test_lyapunov_momentum_matches_heavy_ball_closed_form():
     gamma = 0.8
     f = Quadratic([A])
     m = theory.stationary_moments(
-        CoupledSystem(f, Uncoupled(), IsotropicNoise(SIGMA), ETA, gamma), 1
+        CoupledSystem(f, Uncoupled(), IsotropicNoise(SIGMA), ETA, gamma), num_agents=1
     )
     np.testing.assert_allclose(m.var_agent, SIGMA**2 / (2 * gamma * ETA * A), rtol=1e-10)
     m = theory.stationary_moments(
-        CoupledSystem(f, MeanField(K), IsotropicNoise(SIGMA), ETA, gamma), N
+        CoupledSystem(f, MeanField(K), IsotropicNoise(SIGMA), ETA, gamma), num_agents=N
     )
     np.testing.assert_allclose(m.var_mean, SIGMA**2 / (2 * gamma * ETA * A * N), rtol=1e-10)
 
 
-def _time_averaged_moments(system, n_agents, key, runs=200, t_burn=5.0, t_sample=40.0, dt=0.01):
+def _time_averaged_moments(system, num_agents, key, runs=200, t_burn=5.0, t_sample=40.0, dt=0.01):
     ts = np.arange(t_burn, t_burn + t_sample + 1e-9, 0.25)
     sol = solve_runs(
-        system, jnp.zeros((n_agents, 1)), jax.random.split(key, runs),
-        t1=ts[-1], dt=dt, saveat=ts, solver=diffrax.Heun(),
+        system, jnp.zeros((num_agents, 1)), jax.random.split(key, runs),
+        t1=ts[-1], step_size=dt, saveat=ts, solver=diffrax.Heun(),
     )  # fmt: skip
     x = np.asarray(sol.x[..., 0])  # (R, T, N)
     mean = x.mean(-1)
@@ -134,23 +149,23 @@ def test_simulated_stationary_moments_match_lyapunov(rule, damping, getkey):
     # Tolerance: 4 standard errors of the across-run mean (runs are independent).
     system = CoupledSystem(Quadratic([A]), rule, IsotropicNoise(SIGMA), ETA, damping)
     (var, var_se), (spread, spread_se) = _time_averaged_moments(system, N, getkey())
-    m = theory.stationary_moments(system, N)
+    m = theory.stationary_moments(system, num_agents=N)
     assert abs(var - m.var_mean[0]) < 4 * var_se + 0.01 * m.var_mean[0]
     assert abs(spread - m.spread[0]) < 4 * spread_se + 0.01 * m.spread[0]
     # The estimate is sharp enough to tell the coupled mean from an uncoupled agent.
-    assert 4 * var_se < 0.3 * abs(theory.uncoupled_variance(SIGMA, ETA, A) - m.var_mean[0])
+    assert 4 * var_se < 0.3 * abs(theory.uncoupled_variance(**Q) - m.var_mean[0])
 
 
 def test_solve_is_deterministic_and_runs_differ(getkey):
     system = CoupledSystem(TiltedMultiWell(1), Quorum(1.0, 0.5), IsotropicNoise(0.5))
     x0, key = jnp.zeros((3, 1)), getkey()
-    a = solve(system, x0, t1=1.0, dt=0.01, key=key)
-    b = solve(system, x0, t1=1.0, dt=0.01, key=key)
+    a = solve(system, x0, t1=1.0, step_size=0.01, key=key)
+    b = solve(system, x0, t1=1.0, step_size=0.01, key=key)
     np.testing.assert_array_equal(a.x, b.x)
     keys = jax.random.split(key, 4)
-    runs = solve_runs(system, x0, keys, t1=1.0, dt=0.01, saveat=5)
+    runs = solve_runs(system, x0, keys, t1=1.0, step_size=0.01, saveat=5)
     assert runs.x.shape == (4, 5, 3, 1) and runs.aux.shape == (4, 5, 1)
-    one = solve(system, x0, t1=1.0, dt=0.01, key=keys[2], saveat=5)
+    one = solve(system, x0, t1=1.0, step_size=0.01, key=keys[2], saveat=5)
     np.testing.assert_allclose(runs.x[2], one.x, rtol=1e-12)
     assert not np.allclose(runs.x[0], runs.x[1])
 
@@ -159,8 +174,8 @@ def test_zero_noise_is_the_ode(getkey):
     # σ = 0: Tsit5 with adaptive steps and Euler with tiny steps agree (ODE, no key needed).
     system = CoupledSystem(LogCoshQuadratic(2, 0.1), Quorum(1.0, 0.3, 0.2))
     x0 = jax.random.normal(getkey(), (5, 2))
-    fine = solve(system, x0, t1=2.0, dt=1e-4, saveat=3)
-    ode = solve(system, x0, t1=2.0, dt=0.1, saveat=3, solver=diffrax.Tsit5(), adaptive=True,
+    fine = solve(system, x0, t1=2.0, step_size=1e-4, saveat=3)
+    ode = solve(system, x0, t1=2.0, step_size=0.1, saveat=3, solver=diffrax.Tsit5(), adaptive=True,
                 rtol=1e-8, atol=1e-10)  # fmt: skip
     np.testing.assert_allclose(ode.x, fine.x, atol=1e-3)
     assert ode.num_steps < 200
@@ -176,8 +191,8 @@ def test_euler_maruyama_strong_order_one_for_additive_noise(getkey):
     def err(dt):
         def one(k):
             tree = diffrax.VirtualBrownianTree(0.0, 1.0, tol=ref_dt, shape=x0.shape, key=k)
-            coarse = solve(system, x0, t1=1.0, dt=dt, brownian=tree, saveat=1).x[-1]
-            fine = solve(system, x0, t1=1.0, dt=ref_dt, brownian=tree, saveat=1,
+            coarse = solve(system, x0, t1=1.0, step_size=dt, brownian=tree, saveat=1).x[-1]
+            fine = solve(system, x0, t1=1.0, step_size=ref_dt, brownian=tree, saveat=1,
                          solver=diffrax.Heun()).x[-1]  # fmt: skip
             return jnp.sqrt(jnp.mean((coarse - fine) ** 2))
 
@@ -192,8 +207,8 @@ def test_euler_maruyama_strong_order_one_for_additive_noise(getkey):
 def test_adaptive_heun_with_brownian_tree(getkey):
     system = CoupledSystem(Rastrigin(2), MeanField(1.0), IsotropicNoise(0.2))
     x0 = jax.random.normal(getkey(), (3, 2))
-    sol = solve(system, x0, t1=1.0, dt=0.05, key=getkey(), solver=diffrax.Heun(), adaptive=True,
-                brownian="tree", saveat=2, rtol=1e-2, atol=1e-2)  # fmt: skip
+    sol = solve(system, x0, t1=1.0, step_size=0.05, key=getkey(), solver=diffrax.Heun(),
+                adaptive=True, brownian="tree", saveat=2, rtol=1e-2, atol=1e-2)  # fmt: skip
     assert np.all(np.isfinite(sol.x)) and int(sol.num_steps) > 20  # the controller refined dt
 
 
@@ -205,7 +220,7 @@ def test_strong_mean_coupling_is_synchronous_averaged_sgd(getkey):
 
     def gap(k):
         system = CoupledSystem(f, MeanField(k), IsotropicNoise(sigma))
-        sol = solve(system, x0, t1=steps * dt, dt=dt, key=key, saveat=steps + 1)
+        sol = solve(system, x0, t1=steps * dt, step_size=dt, key=key, saveat=steps + 1)
         xbar = np.asarray(sol.x.mean(1)[:, 0])
         ref = np.empty(steps + 1)
         ref[0] = float(x0.mean())
@@ -225,7 +240,7 @@ def test_strong_mean_coupling_is_synchronous_averaged_sgd(getkey):
         lambda: Quorum(1.0, -0.5),
         lambda: IsotropicNoise(-0.1),
         lambda: DiagonalNoise([0.1, -0.2]),
-        lambda: CoupledSystem(Quadratic([1.0]), learning_rate=0.0),
+        lambda: CoupledSystem(Quadratic([1.0]), gradient_scale=0.0),
         lambda: CoupledSystem(Quadratic([1.0]), damping=-1.0),
         lambda: CoupledSystem(Quadratic([1.0, 2.0]), noise=DiagonalNoise([0.1, 0.1, 0.1])),
         lambda: Quadratic([[1.0, 2.0], [0.0, 1.0]]),
@@ -242,27 +257,30 @@ def test_bad_solve_arguments_raise(getkey):
     system = CoupledSystem(Quadratic([1.0, 2.0]), MeanField(1.0), IsotropicNoise(0.1))
     key = getkey()
     with pytest.raises(ValueError, match="N >= 1"):
-        solve(system, jnp.zeros((0, 2)), t1=1.0, dt=0.1, key=key)
+        solve(system, jnp.zeros((0, 2)), t1=1.0, step_size=0.1, key=key)
     with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
-        solve(system, jnp.zeros((3, 3)), t1=1.0, dt=0.1, key=key)
-    with pytest.raises(ValueError, match="dt must be > 0"):
-        solve(system, jnp.zeros((3, 2)), t1=1.0, dt=-0.1, key=key)
+        solve(system, jnp.zeros((3, 3)), t1=1.0, step_size=0.1, key=key)
+    with pytest.raises(ValueError, match="step_size must be > 0"):
+        solve(system, jnp.zeros((3, 2)), t1=1.0, step_size=-0.1, key=key)
     with pytest.raises(ValueError, match="t1 > t0"):
-        solve(system, jnp.zeros((3, 2)), t1=0.0, dt=0.1, key=key)
+        solve(system, jnp.zeros((3, 2)), t1=0.0, step_size=0.1, key=key)
     with pytest.raises(ValueError, match="key is required"):
-        solve(system, jnp.zeros((3, 2)), t1=1.0, dt=0.1)
+        solve(system, jnp.zeros((3, 2)), t1=1.0, step_size=0.1)
     with pytest.raises(ValueError, match="brownian='tree'"):
-        solve(system, jnp.zeros((3, 2)), t1=1.0, dt=0.1, key=key, adaptive=True)
+        solve(system, jnp.zeros((3, 2)), t1=1.0, step_size=0.1, key=key, adaptive=True)
 
 
 def test_elastic_is_quorum_with_equal_gains():
     rule = elastic(0.7)
-    assert (rule.gain, rule.quorum_gain, rule.center_learning_rate) == (0.7, 0.7, 0.0)
+    assert (rule.gain, rule.quorum_gain, rule.center_gradient_scale) == (0.7, 0.7, 0.0)
 
 
 def test_deviation_bound_and_delay_threshold():
-    b = theory.deviation_bound(np.array([0.0, 100.0]), 0.5, 2, 4, 1.0, 1.0, 0.1, initial=3.0)
+    b = theory.deviation_bound(
+        np.array([0.0, 100.0]), sigma=0.5, dim=2, num_agents=4, gain=1.0, gradient_scale=1.0,
+        strong_convexity=0.1, initial_deviation=3.0,
+    )  # fmt: skip
     steady = 0.25 * 2 * 3 / (2 * 4 * 1.1)
     np.testing.assert_allclose(b, [3.0, steady])
-    np.testing.assert_allclose(theory.delay_stability_threshold(0), 2.0)
-    np.testing.assert_allclose(theory.delay_stability_threshold(1), 2 * np.sin(np.pi / 6))
+    np.testing.assert_allclose(theory.delay_stability_threshold(staleness=0), 2.0)
+    np.testing.assert_allclose(theory.delay_stability_threshold(staleness=1), 2 * np.sin(np.pi / 6))

@@ -29,7 +29,12 @@ TINY = {
         runs=4,
     ),
     smoothing: dict(
-        agent_counts=(4,), gains=(0.0, 10.0), runs=4, burn_in=0.1, sample_time=0.5, dt=0.005
+        agent_counts=(4,),
+        gains=(0.0, 10.0),
+        runs=4,
+        burn_in=0.1,
+        sample_time=0.5,
+        sde_step_size=0.005,
     ),
     convex_bounds: dict(agent_counts=(2,), plot_agents=2, runs=4, time=2.0, saves=11),
     broadcast_success: dict(
@@ -86,7 +91,7 @@ BAD = {"runs": 1, "seeds": 1}
 
 
 def test_broadcast_neutral_rules_equal_plain_quorum_in_the_experiment():
-    """β → 0 in the experiment's own simulate(): success-weighted quorum = plain quorum."""
+    """β → 0 in the experiment's own sweep: success-weighted quorum = plain quorum."""
     import jax.numpy as jnp
 
     from dynamics.broadcast import SuccessWeightedQuorum
@@ -95,12 +100,12 @@ def test_broadcast_neutral_rules_equal_plain_quorum_in_the_experiment():
     config = dataclasses.replace(
         broadcast_success.Config(), **TINY[broadcast_success], step_size=0.02
     )
-    land = nonconvex_stabilization.landscape("multiwell", config)
-    args = ((0.6,), 4, "continuous", config, jax.random.key(1))
-    a = nonconvex_stabilization.simulate(
+    land = broadcast_success._landscape("multiwell", config)
+    args = ((0.6,), "continuous", config, jax.random.key(1))
+    a = broadcast_success._sweep(
         land, SuccessWeightedQuorum(3.0, 0.25, 1.0), lambda r: r.beta, jnp.asarray([0.0]), *args
     )
-    b = nonconvex_stabilization.simulate(
+    b = broadcast_success._sweep(
         land, Quorum(3.0, 0.25), lambda r: r.gain, jnp.asarray([3.0]), *args
     )
     np.testing.assert_array_equal(a["loss"], b["loss"])
