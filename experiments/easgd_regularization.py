@@ -22,14 +22,14 @@ more than 1.96 standard errors over seeds. Whatever the numbers say is the verdi
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from algorithms.optimizers import easgd
-from algorithms.runner import run_agents
+from algorithms.optimizers import easgd, easgd_center
 from experiments.tasks import (
     CNN1D,
     CNN2D,
@@ -42,6 +42,7 @@ from experiments.tasks import (
     minibatch_oracle,
 )
 
+from .harness.cache import RunCache
 from .harness.contract import claim_greater
 from .harness.plotting import band, figure, mean_and_se
 
@@ -125,7 +126,7 @@ def _optimizer(name, config):
     return easgd(config.learning_rate, config.rho)
 
 
-def _train(task_name, opt_name, n_agents, config, key):
+def _train(task_name, opt_name, n_agents, config, key, cache=None):
     """Records `(seeds, R, 4)` of the evaluated model's METRICS, and divergence steps."""
     data, model = _task(task_name, config)
     oracle = minibatch_oracle(model, data.x_train, data.y_train, config.batch_size)
@@ -136,29 +137,27 @@ def _train(task_name, opt_name, n_agents, config, key):
     def metrics_fn(params, opt_state, losses):
         del losses
         if center_output:
-            # chain(coupling, sgd): the coupling state holds the center x̃ (no agent axis).
-            params = jax.tree.map(lambda c: c[None], opt_state[0].aux)
+            # The center x̃ has no agent axis: evaluate it as a single model.
+            params = jax.tree.map(lambda c: c[None], easgd_center(opt_state))
         train = evaluate(model, params, data.x_train, data.y_train)
         test = evaluate(model, params, data.x_test, data.y_test)
         return {"values": jnp.stack([train[0][0], test[0][0], train[1][0], test[1][0]])}
 
-    def one(seed_key):
+    def init(seed_key):
         k_init, k_data = jax.random.split(seed_key)
-        params = init_stacked(model, k_init, n_agents, sample, same_init=True)
-        res = run_agents(
-            optimizer,
-            params,
-            oracle,
-            num_steps=config.steps,
-            key=k_data,
-            record_every=config.record_every,
-            metrics_fn=metrics_fn,
-        )
-        return res.metrics["values"], res.diverged_step
+        return init_stacked(model, k_init, n_agents, sample, same_init=True), k_data
 
     # The same seed keys for every optimizer: identical initializations and data streams.
-    values, diverged = jax.vmap(one)(jax.random.split(key, config.seeds))
-    return np.asarray(values, dtype=float), np.asarray(diverged)
+    params, data_keys = jax.vmap(init)(jax.random.split(key, config.seeds))
+    # The seeds train together (vmapped), checkpointed about ten times: a kill loses at most
+    # one segment of the cell, and the resumed records are bitwise those of an unbroken run.
+    records = config.steps // config.record_every
+    res = (RunCache(None) if cache is None else cache).run_agents(
+        f"{task_name}_{opt_name}_training", optimizer, params, oracle, num_steps=config.steps,
+        key=data_keys, record_every=config.record_every, metrics_fn=metrics_fn, batched=True,
+        checkpoint_every=config.record_every * (records // math.gcd(records, 10)),
+    )  # fmt: skip
+    return np.asarray(res.metrics["values"], dtype=float), np.asarray(res.diverged_step)
 
 
 def run(config: Config, key: jax.Array, cache=None) -> dict[str, np.ndarray]:
@@ -175,7 +174,7 @@ def run(config: Config, key: jax.Array, cache=None) -> dict[str, np.ndarray]:
         k = jax.random.fold_in(key, ti)
 
         def train(task=task, opt_name=opt_name, n=n, k=k):
-            values, diverged = _train(task, opt_name, n, config, k)
+            values, diverged = _train(task, opt_name, n, config, k, cache)
             return {"values": values, "diverged": diverged}
 
         cell = train() if cache is None else cache.cached(f"{task}_{opt_name}", train)

@@ -21,7 +21,7 @@ TINY_NOISE = [
 @pytest.mark.parametrize(
     ("setting", "message"),
     (
-        ("learning_rate=-0.1", "learning_rate must be > 0"),
+        ("gradient_scale=-0.1", "gradient_scale must be > 0"),
         ("agent_counts=0,2", "N >= 1"),
         ("gains=-1,1", "gains must be >= 0"),
         ("no_such_field=3", "unknown config key 'no_such_field'"),
@@ -68,12 +68,22 @@ def test_killed_experiment_resumes_with_the_same_metrics(tmp_path, monkeypatch, 
         assert resumed[key] == clean[key]
 
 
-def test_checkpointed_segments_resume_to_the_uninterrupted_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("batched", (False, True), ids=("one_run", "batched_seeds"))
+def test_checkpointed_segments_resume_to_the_uninterrupted_result(batched, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
     f = LogCoshQuadratic(2, 0.1)
-    x0, key = jnp.ones((4, 2)), jax.random.key(0)
     oracle = landscape_oracle(f, IsotropicNoise(0.5))
     opt = easgd(0.1, 1.0, momentum=0.9)
-    full = run_agents(opt, x0, oracle, num_steps=60, key=key, record_every=5)
+    if batched:  # three independent runs (seeds), each of four agents
+        x0 = jax.random.normal(jax.random.key(1), (3, 4, 2))
+        key = jax.random.split(jax.random.key(0), 3)
+        full = jax.vmap(
+            lambda p, k: run_agents(opt, p, oracle, num_steps=60, key=k, record_every=5)
+        )(x0, key)
+    else:
+        x0, key = jnp.ones((4, 2)), jax.random.key(0)
+        full = run_agents(opt, x0, oracle, num_steps=60, key=key, record_every=5)
 
     calls = {"n": 0}
     original = cache_module.run_agents
@@ -84,23 +94,52 @@ def test_checkpointed_segments_resume_to_the_uninterrupted_result(tmp_path, monk
             raise KeyboardInterrupt
         return original(*a, **k)
 
-    kwargs = dict(num_steps=60, key=key, record_every=5, checkpoint_every=15)
+    kwargs = dict(num_steps=60, key=key, record_every=5, checkpoint_every=15, batched=batched)
     monkeypatch.setattr(cache_module, "run_agents", dying)
     with pytest.raises(KeyboardInterrupt):
         cache_module.RunCache(tmp_path, quiet=True).run_agents("train", opt, x0, oracle, **kwargs)
-    assert (tmp_path / "train.ckpt" / "done_000002").exists()
+    # Two segments were finished and checkpointed; the third is lost.
+    with ocp.CheckpointManager((tmp_path / "train.ckpt").absolute()) as manager:
+        assert manager.all_steps() == [2]
     monkeypatch.setattr(cache_module, "run_agents", original)
-    resumed = cache_module.RunCache(tmp_path, quiet=True).run_agents(
-        "train", opt, x0, oracle, **kwargs
-    )
-    np.testing.assert_array_equal(resumed.metrics["params"], full.metrics["params"])
-    np.testing.assert_array_equal(resumed.steps, full.steps)
-    np.testing.assert_array_equal(resumed.params, full.params)
-    # Finished: the next call loads the stored result without running anything.
-    again = cache_module.RunCache(tmp_path, quiet=True).run_agents(
-        "train", opt, x0, oracle, **kwargs
-    )
+    cache = cache_module.RunCache(tmp_path, quiet=True)
+    resumed = cache.run_agents("train", opt, x0, oracle, **kwargs)
+    assert cache.computed == ["train"]
+    for field in ("params", "steps", "metrics", "trace", "diverged_step", "opt_state"):
+        got, want = getattr(resumed, field), getattr(full, field)
+        if field == "steps" and batched:
+            want = want[0]
+        jax.tree.map(np.testing.assert_array_equal, got, want)  # bitwise, every leaf
+    # Finished: the next call restores the stored result without running anything.
+    monkeypatch.setattr(cache_module, "run_agents", lambda *a, **k: 1 / 0)
+    cache = cache_module.RunCache(tmp_path, quiet=True)
+    again = cache.run_agents("train", opt, x0, oracle, **kwargs)
+    assert cache.computed == []
     np.testing.assert_array_equal(again.metrics["losses"], full.metrics["losses"])
+    jax.tree.map(np.testing.assert_array_equal, again.opt_state, full.opt_state)
+
+
+def test_checkpointing_needs_whole_segments_and_a_cache_without_directory_writes_nothing(
+    tmp_path, monkeypatch
+):
+    f = LogCoshQuadratic(2, 0.1)
+    oracle, opt = landscape_oracle(f, IsotropicNoise(0.5)), easgd(0.1, 1.0)
+    x0, key = jnp.ones((4, 2)), jax.random.key(0)
+    cache = cache_module.RunCache(tmp_path, quiet=True)
+    for every in (7, 40, 0):
+        with pytest.raises(ValueError, match=f"checkpoint_every \\({every}\\)"):
+            cache.run_agents(
+                "x", opt, x0, oracle, num_steps=60, key=key, record_every=5, checkpoint_every=every
+            )
+    monkeypatch.chdir(tmp_path)
+    memory = cache_module.RunCache(None, quiet=True)
+    res = memory.run_agents(
+        "x", opt, x0, oracle, num_steps=60, key=key, record_every=5, checkpoint_every=20
+    )
+    full = run_agents(opt, x0, oracle, num_steps=60, key=key, record_every=5)
+    np.testing.assert_array_equal(res.metrics["params"], full.metrics["params"])
+    assert memory.cached("piece", lambda: {"a": 1.0})["a"] == 1.0
+    assert not any(tmp_path.iterdir())  # nothing written anywhere
 
 
 def test_corrupt_dataset_gives_a_clear_error_and_writes_nothing(tmp_path, capsys):
@@ -179,3 +218,63 @@ def test_more_softsync_groups_than_workers_is_rejected(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "got 40" in err and "num_workers=30" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_cached_pieces_keep_their_nesting_and_flat_ones_stay_flat(tmp_path):
+    nested = {"quorum": {"sde": {"var": np.arange(3.0)}, "n": np.int32(4)}, "ts": [0.0, 1.0]}
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return nested
+
+    first = cache_module.RunCache(tmp_path, quiet=True).cached("piece", compute)
+    again = cache_module.RunCache(tmp_path, quiet=True).cached("piece", compute)
+    assert len(calls) == 1  # the second call loaded the stored piece
+    for out in (first, again):
+        assert set(out) == {"quorum", "ts"} and set(out["quorum"]) == {"sde", "n"}
+        np.testing.assert_array_equal(out["quorum"]["sde"]["var"], np.arange(3.0))
+        assert out["quorum"]["n"].dtype == np.int32 and out["ts"].tolist() == [0.0, 1.0]
+    with np.load(tmp_path / "piece.npz") as data:  # one array per "/"-joined path
+        assert sorted(data.files) == ["quorum/n", "quorum/sde/var", "ts"]
+    # A flat file (as written before nesting existed) loads as the same flat dict.
+    np.savez(tmp_path / "old.npz", a=np.ones(2), b_c=np.zeros(1))
+    old = cache_module.RunCache(tmp_path, quiet=True).cached("old", lambda: 1 / 0)
+    assert set(old) == {"a", "b_c"} and old["a"].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="without '/'"):
+        cache_module.RunCache(tmp_path, quiet=True).cached("bad", lambda: {"a/b": 1.0})
+
+
+def test_results_store_writes_nested_results_and_loads_them_nested(tmp_path):
+    import dataclasses
+    import types
+
+    from experiments.harness.contract import claim_less
+    from experiments.harness.store import load_results, run_experiment
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        scale: float = 2.0
+
+    seen = {}
+
+    def run(config, key):
+        del key
+        return {"quorum": {"sde": {"var": config.scale * np.ones(2)}}, "steps": np.arange(2)}
+
+    def claims(results, config):
+        seen["claims"] = results
+        return [claim_less("var", "s", results["quorum"]["sde"]["var"].max(), 3.0)]
+
+    module = types.SimpleNamespace(
+        NAME="toy", Config=Config, run=run, claims=claims, plot=lambda results, config: {},
+        metrics=lambda results, config: {"var": results["quorum"]["sde"]["var"][0]},
+    )  # fmt: skip
+    metrics, reused = run_experiment(module, Config(), seed=0, quick=True, out=tmp_path)
+    assert not reused and metrics["var"] == 2.0 and metrics["claims"][0]["holds"]
+    assert isinstance(seen["claims"]["quorum"]["sde"]["var"], np.ndarray)
+    loaded = load_results(tmp_path / "toy")
+    assert set(loaded) == {"quorum", "steps"}
+    np.testing.assert_array_equal(loaded["quorum"]["sde"]["var"], [2.0, 2.0])
+    with np.load(tmp_path / "toy" / "results.npz") as data:
+        assert sorted(data.files) == ["quorum/sde/var", "steps"]

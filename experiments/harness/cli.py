@@ -94,10 +94,12 @@ def main(argv=None, experiments=()) -> int:
             print(config_help(module))
             return 0
     args = parser.parse_args(argv)
-    if args.command in ("run", "all"):
-        # Multi-host: a no-op for one process; must come before any other JAX work.
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
+        if args.command in ("run", "all"):
+            # Multi-host: a no-op for one process; must come before any other JAX work.
+            distributed.initialize(
+                args.coordinator, args.num_processes, args.process_id, cluster=args.cluster
+            )
         if args.command == "list":
             for m in experiments:
                 print(f"{m.NAME:28s} {m.DESCRIPTION}")

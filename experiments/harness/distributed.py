@@ -1,27 +1,28 @@
-"""Multi-host runs: `jax.distributed.initialize` from flags or the environment, and which
-agents each process owns.
+"""Multi-host runs: when to call `jax.distributed.initialize`, and which agents each process
+owns.
 
 One process per host (or per GPU) runs the same program. After `initialize()`,
 `jax.devices()` lists the devices of all processes, so `algorithms.sharding.agent_mesh()`
 spans every host, and a jitted step over agent-sharded arrays runs everywhere with XLA
 collectives (NCCL on GPUs, Gloo on CPUs) carrying the cross-agent terms.
 
-Where the settings come from, first match wins:
+Who reads what (docs/scaling.md has the full table):
 
-1. the arguments (e.g. from `--coordinator`, `--num-processes`, `--process-id`);
-2. `COUPLED_SGD_COORDINATOR` (`host:port`), `COUPLED_SGD_NUM_PROCESSES`,
-   `COUPLED_SGD_PROCESS_ID`;
-3. SLURM: `SLURM_NTASKS`, `SLURM_PROCID`, and the first host of `SLURM_JOB_NODELIST` with port
-   `COUPLED_SGD_COORDINATOR_PORT` (default: 61440 + job id mod 4096, as JAX chooses).
+- this module reads only its arguments (the CLI's `--coordinator`, `--num-processes`,
+  `--process-id`, `--cluster`) and `COUPLED_SGD_NUM_PROCESSES` / `COUPLED_SGD_PROCESS_ID`,
+  which let hand-started processes join without a cluster manager (JAX has no variables for
+  these two); it decides whether a multi-process run was asked for and checks the settings;
+- `jax.distributed.initialize` fills in everything not given: `JAX_COORDINATOR_ADDRESS`, and
+  with `cluster=True` the settings of SLURM, Open MPI, Kubernetes or Cloud TPU, which it
+  detects itself (this module never parses a cluster manager's variables).
 
-A single process (no settings found, or one process) needs no initialization and runs as is.
+A single process (nothing asked for, or one process) needs no initialization and runs as is.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -29,29 +30,23 @@ __all__ = [
     "DistributedConfig",
     "add_arguments",
     "config_from_env",
-    "first_slurm_host",
     "initialize",
     "process_slice",
 ]
 
 ENV_PREFIX = "COUPLED_SGD_"
+JAX_COORDINATOR = "JAX_COORDINATOR_ADDRESS"  # read by jax.distributed.initialize itself
 
 
 class DistributedConfig(NamedTuple):
-    """Where the coordinator listens (`host:port`), how many processes, and which one this is."""
+    """The explicit settings of a multi-process run (None: left to `jax.distributed`).
 
-    coordinator_address: str
-    num_processes: int
-    process_id: int
+    `coordinator_address` is `host:port` of process 0's coordinator service.
+    """
 
-
-def first_slurm_host(nodelist: str) -> str:
-    """The first host name of a SLURM node list (`node[003-007,9],gpu1` -> `node003`)."""
-    match = re.match(r"([^,\[]+)(?:\[([^\],\-]+))?", nodelist.strip())
-    if match is None:
-        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
-    prefix, first_index = match.groups()
-    return prefix + (first_index or "")
+    coordinator_address: str | None
+    num_processes: int | None
+    process_id: int | None
 
 
 def _int(name: str, value) -> int:
@@ -67,36 +62,27 @@ def config_from_env(
     process_id: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> DistributedConfig | None:
-    """The distributed settings from arguments, `COUPLED_SGD_*` or SLURM variables.
+    """The explicitly requested multi-process settings: arguments, then `COUPLED_SGD_*`.
 
     Returns None when nothing asks for more than one process. Raises a ValueError naming
-    what is missing when the settings are partial (e.g. a process count but no coordinator).
+    what is missing or wrong when the settings are partial or invalid (e.g. two processes
+    but no coordinator address in the arguments or in `JAX_COORDINATOR_ADDRESS`). Cluster
+    managers' variables are not read here (see `initialize(cluster=True)`).
     """
     env = os.environ if environ is None else environ
-    address = coordinator_address or env.get(ENV_PREFIX + "COORDINATOR")
     count = num_processes if num_processes is not None else env.get(ENV_PREFIX + "NUM_PROCESSES")
     index = process_id if process_id is not None else env.get(ENV_PREFIX + "PROCESS_ID")
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
-        count = env["SLURM_NTASKS"] if count is None else count
-        index = env["SLURM_PROCID"] if index is None else index
-        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_STEP_NODELIST")
-        if address is None and nodelist:
-            default_port = (
-                65535 - 2**12 + 1 + _int("SLURM_JOB_ID", env.get("SLURM_JOB_ID", 0)) % 2**12
-            )
-            port = env.get(ENV_PREFIX + "COORDINATOR_PORT", default_port)
-            address = f"{first_slurm_host(nodelist)}:{_int('coordinator port', port)}"
-    if count is None and address is None and index is None:
+    if count is None and coordinator_address is None and index is None:
         return None
     count = 1 if count is None else _int("num_processes", count)
     if count < 1:
         raise ValueError(f"num_processes must be >= 1, got {count}")
     if count == 1:
         return None
-    if address is None:
+    if coordinator_address is None and JAX_COORDINATOR not in env:
         raise ValueError(
             f"{count} processes requested but no coordinator address: pass --coordinator "
-            f"host:port or set {ENV_PREFIX}COORDINATOR"
+            f"host:port or set {JAX_COORDINATOR}"
         )
     if index is None:
         raise ValueError(
@@ -106,9 +92,9 @@ def config_from_env(
     index = _int("process_id", index)
     if not 0 <= index < count:
         raise ValueError(f"process_id must be in [0, {count}), got {index}")
-    if ":" not in address:
-        raise ValueError(f"coordinator address must be host:port, got {address!r}")
-    return DistributedConfig(address, count, index)
+    if coordinator_address is not None and ":" not in coordinator_address:
+        raise ValueError(f"coordinator address must be host:port, got {coordinator_address!r}")
+    return DistributedConfig(coordinator_address, count, index)
 
 
 def initialize(
@@ -116,9 +102,10 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
     *,
+    cluster: bool = False,
     timeout_s: int = 300,
 ) -> DistributedConfig | None:
-    """Join a multi-process JAX run (`jax.distributed.initialize`) if one is configured.
+    """Join a multi-process JAX run (`jax.distributed.initialize`) if one is asked for.
 
     Call it first, before any other JAX operation. On CPU, cross-process collectives use Gloo
     over TCP (`jax_cpu_collectives_implementation`, JAX's default); GPUs use NCCL.
@@ -127,23 +114,29 @@ def initialize(
       coordinator_address: `host:port` of process 0's coordinator service.
       num_processes: total number of processes P >= 1.
       process_id: this process's index in `[0, P)`.
+      cluster: the processes were started by a cluster manager that JAX detects (SLURM,
+        Open MPI, Kubernetes, Cloud TPU): initialize even without explicit settings, and let
+        JAX read the rest from the manager's environment.
       timeout_s: seconds to wait for all processes to join.
 
     Returns:
-      The settings used, or None for a single-process run (nothing to initialize).
+      The settings as JAX used them (`jax.process_count()`, `jax.process_index()`), or None
+      for a single-process run (nothing to initialize).
     """
     config = config_from_env(coordinator_address, num_processes, process_id)
-    if config is None:
+    if config is None and not cluster:
         return None
     import jax
 
+    given = config or DistributedConfig(coordinator_address, num_processes, process_id)
     jax.distributed.initialize(
-        coordinator_address=config.coordinator_address,
-        num_processes=config.num_processes,
-        process_id=config.process_id,
+        coordinator_address=given.coordinator_address,
+        num_processes=given.num_processes,
+        process_id=given.process_id,
         initialization_timeout=int(timeout_s),
     )
-    return config
+    address = given.coordinator_address or os.environ.get(JAX_COORDINATOR)
+    return DistributedConfig(address, jax.process_count(), jax.process_index())
 
 
 def process_slice(num_items: int, num_processes: int | None = None, process_id: int | None = None):
@@ -173,7 +166,7 @@ def process_slice(num_items: int, num_processes: int | None = None, process_id: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add `--devices`, `--coordinator`, `--num-processes`, `--process-id` to a CLI."""
+    """Add `--devices`, `--coordinator`, `--num-processes`, `--process-id`, `--cluster`."""
     group = parser.add_argument_group("devices and hosts")
     group.add_argument(
         "--devices", type=int, default=None, help="devices for the agent axis (default: all)"
@@ -181,4 +174,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host)")
     group.add_argument("--num-processes", type=int, default=None, help="processes in the run")
     group.add_argument("--process-id", type=int, default=None, help="this process's index")
+    group.add_argument(
+        "--cluster",
+        action="store_true",
+        help="started by SLURM, Open MPI, Kubernetes or on Cloud TPU: JAX reads the settings",
+    )
     return parser

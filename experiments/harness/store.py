@@ -1,6 +1,8 @@
 """The results store: one directory per experiment with config, metrics, arrays, figures.
 
-`DIR/NAME/config.json`, `metrics.json`, `results.npz`, `*.png` and `*.pdf`. Files are
+`DIR/NAME/config.json`, `metrics.json`, `results.npz`, `*.png` and `*.pdf`. `run` may return
+nested dicts of arrays (`{"quorum": {"sde": {"var": a}}}`): `results.npz` holds them under
+"/"-joined keys (`"quorum/sde/var"`) and `load_results` nests them again. Files are
 written atomically (temporary file, then rename), only after the run has succeeded, and
 `metrics.json` is written last, so its presence marks a finished run. A finished run with the
 same config and seed is reused; pieces of unfinished runs live in `DIR/NAME/.cache/<key>/`,
@@ -21,14 +23,21 @@ import numpy as np
 from .cache import RunCache, run_key
 from .config import config_to_json
 from .contract import Claim
-from .files import atomic_write, write_json
+from .files import atomic_write, load_arrays, save_arrays, to_numpy, write_json
 
-__all__ = ["run_experiment", "load_metrics"]
+__all__ = ["run_experiment", "load_metrics", "load_results"]
 
 
 def load_metrics(directory: Path) -> dict | None:
+    """`DIR/NAME/metrics.json` as a dict, or None when the run has not finished."""
     path = Path(directory) / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_results(directory: Path) -> dict:
+    """`DIR/NAME/results.npz` as the (nested) dict of arrays that the experiment's `run`
+    returned."""
+    return load_arrays(Path(directory) / "results.npz")
 
 
 def _to_float(value) -> float | str:
@@ -67,14 +76,14 @@ def run_experiment(
         kwargs["cache"] = RunCache(cache_dir, quiet=quiet)
     start = time.perf_counter()
     results = module.run(config, jax.random.key(seed), **kwargs)
-    results = {k: np.asarray(v) for k, v in results.items()}
+    results = to_numpy(results)  # nested dicts of arrays, as `run` returned them
     wall = time.perf_counter() - start
 
     # Nothing is written before the run succeeds (a bad config or a corrupt dataset leaves
     # the directory as it was). From here on metrics.json, written last, marks completion.
     if (directory / "metrics.json").exists():
         (directory / "metrics.json").unlink()
-    atomic_write(directory / "results.npz", lambda fh: np.savez_compressed(fh, **results))
+    save_arrays(directory / "results.npz", results, compressed=True)
     figures = module.plot(results, config)
     for name, fig in figures.items():
         for ext in ("png", "pdf"):
