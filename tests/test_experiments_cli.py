@@ -37,7 +37,8 @@ def test_run_writes_the_contract_files_and_reuses_them(name, tmp_path, capsys):
     assert metrics["experiment"] == name and metrics["quick"] is True and metrics["seed"] == 3
     assert metrics["wall_seconds"] > 0 and metrics["claims"]
     for c in metrics["claims"]:
-        assert set(c) == {"id", "statement", "value", "target", "holds"}
+        assert set(c) == {"id", "statement", "value", "target", "interval", "verdict"}
+        assert c["verdict"] in ("holds", "fails", "inconclusive")
     assert (d / "results.npz").exists() and (d / "config.json").exists()
     for fig in metrics["figures"]:
         assert (d / f"{fig}.png").stat().st_size > 0 and (d / f"{fig}.pdf").exists()

@@ -188,7 +188,7 @@ def test_progress_bar_shows_rate_and_time_left_only_on_a_terminal(tmp_path, monk
     assert "cells" in err and "3/3" in err and "cell/s" in err and "<" in err  # rate, time left
 
 
-def test_report_shows_a_claim_that_does_not_hold(tmp_path):
+def test_report_shows_every_verdict_distinctly(tmp_path):
     import types
 
     from experiments.harness.report import write_report
@@ -198,17 +198,24 @@ def test_report_shows_a_claim_that_does_not_hold(tmp_path):
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"config": {"a": 1}}))
     claims = [
-        {"id": "good", "statement": "s", "value": 0.1, "target": "< 1", "holds": True},
-        {"id": "bad", "statement": "s", "value": 2.0, "target": "< 1", "holds": False},
-    ]
+        {"id": "good", "statement": "s", "value": 0.1, "target": "< 1", "interval": None,
+         "verdict": "holds"},
+        {"id": "bad", "statement": "s", "value": 2.0, "target": "< 1", "interval": [1.5, 2.5],
+         "verdict": "fails"},
+        {"id": "unsure", "statement": "s", "value": 0.9, "target": "< 1",
+         "interval": [0.7, 1.1], "verdict": "inconclusive"},
+    ]  # fmt: skip
     metrics = {"experiment": "toy", "quick": True, "seed": 4, "wall_seconds": 1.5,
                "claims": claims, "figures": []}  # fmt: skip
     (d / "metrics.json").write_text(json.dumps(metrics))
     missing = types.SimpleNamespace(NAME="never_run", DESCRIPTION="not run")
     html_path, md_path = write_report(tmp_path, (module, missing))
     page, md = html_path.read_text(), md_path.read_text()
-    assert "SOME CLAIMS DO NOT HOLD" in page and "<tr class='fail'>" in page
-    assert "| bad | s | 2 | < 1 | DOES NOT HOLD |" in md and "seed 4" in md
+    assert "toy: 1/3 hold, 1 fail, 1 inconclusive" in md
+    assert "<tr class='fails'>" in page and "<tr class='inconclusive'>" in page
+    assert "| bad | s | 2 | [1.5, 2.5] | < 1 | FAILS |" in md and "seed 4" in md
+    assert "| unsure | s | 0.9 | [0.7, 1.1] | < 1 | inconclusive |" in md
+    assert "| good | s | 0.1 | — | < 1 | holds |" in md
     assert "never_run: not run" in md and "jax" in md  # missing runs and package versions
 
 
@@ -271,7 +278,7 @@ def test_results_store_writes_nested_results_and_loads_them_nested(tmp_path):
         metrics=lambda results, config: {"var": results["quorum"]["sde"]["var"][0]},
     )  # fmt: skip
     metrics, reused = run_experiment(module, Config(), seed=0, quick=True, out=tmp_path)
-    assert not reused and metrics["var"] == 2.0 and metrics["claims"][0]["holds"]
+    assert not reused and metrics["var"] == 2.0 and metrics["claims"][0]["verdict"] == "holds"
     assert isinstance(seen["claims"]["quorum"]["sde"]["var"], np.ndarray)
     loaded = load_results(tmp_path / "toy")
     assert set(loaded) == {"quorum", "steps"}

@@ -19,7 +19,7 @@ from algorithms.sharding import agent_mesh, use_agent_mesh  # noqa: E402
 
 from . import distributed  # noqa: E402
 from .config import ConfigError, apply_overrides, describe, parse_overrides  # noqa: E402
-from .report import write_report  # noqa: E402
+from .report import format_interval, summarize, write_report  # noqa: E402
 from .store import run_experiment  # noqa: E402
 
 
@@ -39,13 +39,13 @@ def _run_one(module, args) -> bool:
             module, config, seed=args.seed, quick=args.quick, out=Path(args.out),
             force=args.force, quiet=args.quiet,
         )  # fmt: skip
-    ok = all(c["holds"] for c in metrics["claims"])
+    ok = all(c["verdict"] == "holds" for c in metrics["claims"])
     state = "reused" if reused else f"{metrics['wall_seconds']:.1f} s"
-    print(f"{module.NAME}: {state}; claims {'all hold' if ok else 'NOT ALL HOLD'}")
+    print(f"{module.NAME}: {state}; claims {summarize(metrics['claims'])}")
+    tags = {"holds": "ok", "fails": "FAIL", "inconclusive": "??"}
     for c in metrics["claims"]:
-        print(
-            f"  [{'ok' if c['holds'] else 'FAIL'}] {c['id']}: {c['value']} (target {c['target']})"
-        )
+        interval = format_interval(c.get("interval"))
+        print(f"  [{tags[c['verdict']]}] {c['id']}: {c['value']} {interval} (target {c['target']})")
     return ok
 
 

@@ -1,7 +1,8 @@
 """The report: one HTML page and one Markdown file with every figure and claim verdict.
 
-A claim that does not hold is shown as such (red row, "DOES NOT HOLD"), never hidden; an
-experiment without a finished run is listed as not run.
+Every claim shows its three-state verdict (green "holds", red "FAILS", amber "inconclusive":
+the run cannot resolve the effect) with its value, target and interval; a failing claim is
+never hidden, and an experiment without a finished run is listed as not run.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from pathlib import Path
 from .files import atomic_write
 from .store import load_metrics
 
-__all__ = ["write_report"]
+__all__ = ["format_interval", "summarize", "write_report"]
 
 _PACKAGES = ("jax", "jaxlib", "diffrax", "optax", "flax", "equinox", "numpy", "scipy")
 _HEAD = (
     "<!doctype html><html><head><meta charset='utf-8'><title>Results report</title>"
     "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
     "td,th{border:1px solid #999;padding:4px}table{border-collapse:collapse}"
-    ".ok{background:#d4f7d4}.fail{background:#f7d4d4}</style></head><body>"
+    ".holds{background:#d4f7d4}.fails{background:#f7d4d4}.inconclusive{background:#f7ecc4}</style></head><body>"
 )
-_COLUMNS = ("claim", "statement", "value", "target", "verdict")
+_COLUMNS = ("claim", "statement", "value", "interval", "target", "verdict")
+_SHOWN = {"holds": "holds", "fails": "FAILS", "inconclusive": "inconclusive"}
 
 
 def _versions() -> str:
@@ -37,18 +39,36 @@ def _versions() -> str:
     return ", ".join(out)
 
 
+def _num(v) -> str:
+    return v if isinstance(v, str) else f"{v:.4g}"
+
+
+def format_interval(interval) -> str:
+    """`[lo, hi]` with 4 significant digits, or "—" for a deterministic claim."""
+    return "—" if interval is None else f"[{_num(interval[0])}, {_num(interval[1])}]"
+
+
+def summarize(claims) -> str:
+    """ "2/3 hold, 1 inconclusive" for a list of claim dicts."""
+    counts = {v: sum(c["verdict"] == v for c in claims) for v in _SHOWN}
+    text = f"{counts['holds']}/{len(claims)} hold"
+    for v in ("fails", "inconclusive"):
+        if counts[v]:
+            text += f", {counts[v]} {'fail' if v == 'fails' else v}"
+    return text
+
+
 def _claim_row(c: dict) -> tuple[str, ...]:
-    value = c["value"] if isinstance(c["value"], str) else f"{c['value']:.4g}"
-    verdict = "holds" if c["holds"] else "DOES NOT HOLD"
-    return c["id"], c["statement"], value, c["target"], verdict
+    interval = format_interval(c.get("interval"))
+    return c["id"], c["statement"], _num(c["value"]), interval, c["target"], _SHOWN[c["verdict"]]
 
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _section(module, directory: Path) -> tuple[list[str], list[str], bool | None]:
-    """Markdown lines, HTML lines and whether all claims hold (None: not run)."""
+def _section(module, directory: Path) -> tuple[list[str], list[str], str | None]:
+    """Markdown lines, HTML lines and the verdict summary (None: not run)."""
     md = [f"## {module.NAME}", "", module.DESCRIPTION, ""]
     body = [
         f"<h2 id='{module.NAME}'>{module.NAME}</h2>",
@@ -67,7 +87,7 @@ def _section(module, directory: Path) -> tuple[list[str], list[str], bool | None
         row = _claim_row(c)
         md.append("| " + " | ".join(x.replace("|", "\\|") for x in row) + " |")
         cells = "".join(f"<td>{html.escape(x)}</td>" for x in row)
-        body.append(f"<tr class='{'ok' if c['holds'] else 'fail'}'>{cells}</tr>")
+        body.append(f"<tr class='{c['verdict']}'>{cells}</tr>")
     body.append("</table>")
     skip = ("claims", "figures", "experiment", "quick", "seed", "wall_seconds")
     scalars = ", ".join(f"{k} = {_fmt(v)}" for k, v in metrics.items() if k not in skip)
@@ -81,7 +101,7 @@ def _section(module, directory: Path) -> tuple[list[str], list[str], bool | None
     cfg = json.dumps(config, indent=1)
     md += ["<details><summary>config</summary>", "", "```json", cfg, "```", "</details>", ""]
     body.append(f"<details><summary>config</summary><pre>{html.escape(cfg)}</pre></details>")
-    return md, body, all(c["holds"] for c in metrics["claims"])
+    return md, body, summarize(metrics["claims"])
 
 
 def write_report(out: Path, experiments) -> tuple[Path, Path]:
@@ -93,12 +113,10 @@ def write_report(out: Path, experiments) -> tuple[Path, Path]:
     versions = _versions()
     md, body, md_summary, summary = [], [], [], ["<h2>Summary</h2><ul>"]
     for module in experiments:
-        m, b, ok = _section(module, out / module.NAME)
+        m, b, state = _section(module, out / module.NAME)
         md += m
         body += b
-        state = (
-            "not run" if ok is None else ("all claims hold" if ok else "SOME CLAIMS DO NOT HOLD")
-        )
+        state = "not run" if state is None else state
         summary.append(f"<li><a href='#{module.NAME}'>{module.NAME}</a>: {state}</li>")
         md_summary.append(f"- {module.NAME}: {state}")
     md = ["# Results report", "", f"Package versions: {versions}", "", *md_summary, "", *md]

@@ -1,0 +1,68 @@
+"""Three-state verdicts: the claim helpers against hand-worked cases, and the intervals
+against independent formulas."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments.harness.contract import (
+    Claim,
+    claim_between,
+    claim_greater,
+    claim_less,
+    mean_interval,
+    proportion_interval,
+)
+
+
+@pytest.mark.parametrize(
+    ("make", "verdict"),
+    (
+        (lambda: claim_less("a", "s", 0.5, 1.0), "holds"),
+        (lambda: claim_less("a", "s", 1.5, 1.0), "fails"),
+        (lambda: claim_less("a", "s", 0.5, 1.0, interval=(0.2, 0.8)), "holds"),
+        (lambda: claim_less("a", "s", 0.9, 1.0, interval=(0.7, 1.1)), "inconclusive"),
+        (lambda: claim_less("a", "s", 1.2, 1.0, interval=(1.0, 1.4)), "fails"),
+        (lambda: claim_greater("a", "s", 2.0, 1.0, interval=(1.5, 2.5)), "holds"),
+        (lambda: claim_greater("a", "s", 1.1, 1.0, interval=(0.9, 1.3)), "inconclusive"),
+        (lambda: claim_greater("a", "s", 0.5, 1.0, interval=(0.0, 1.0)), "fails"),
+        (lambda: claim_between("a", "s", 1.0, 0.8, 1.2, interval=(0.9, 1.1)), "holds"),
+        (lambda: claim_between("a", "s", 1.2, 0.8, 1.2, interval=(1.1, 1.3)), "inconclusive"),
+        (lambda: claim_between("a", "s", 2.0, 0.8, 1.2, interval=(1.5, 2.5)), "fails"),
+        (lambda: claim_between("a", "s", 0.0, 0.8, 1.2, interval=(-1.0, 3.0)), "inconclusive"),
+        (lambda: claim_less("a", "s", math.nan, 1.0), "fails"),
+        (lambda: claim_greater("a", "s", math.inf, 1.0, interval=(0.0, math.inf)), "fails"),
+    ),
+)
+def test_three_state_verdicts(make, verdict):
+    claim = make()
+    assert claim.verdict == verdict
+    assert claim.holds == (verdict == "holds")
+    out = claim.to_json()
+    assert out["verdict"] == verdict and set(out) >= {"interval", "target", "value"}
+
+
+def test_bad_interval_and_verdict_are_rejected():
+    with pytest.raises(ValueError, match="lo <= hi"):
+        claim_less("a", "s", 0.5, 1.0, interval=(0.8, 0.2))
+    with pytest.raises(ValueError, match="verdict"):
+        Claim("a", "s", 0.5, "< 1", "maybe")
+
+
+def test_mean_interval_is_two_standard_errors():
+    x = np.array([1.0, 2.0, 4.0, 7.0])
+    mean, (lo, hi) = mean_interval(x)
+    se = stats.sem(x)  # scipy: std(ddof=1)/sqrt(n)
+    assert mean == pytest.approx(3.5)
+    assert (lo, hi) == pytest.approx((3.5 - 2 * se, 3.5 + 2 * se))
+    assert mean_interval([3.0])[1] == (-math.inf, math.inf)  # one seed resolves nothing
+
+
+def test_proportion_interval_is_wilsons():
+    p, (lo, hi) = proportion_interval(7, 20)
+    ref = stats.binomtest(7, 20).proportion_ci(confidence_level=0.95, method="wilson")
+    assert p == pytest.approx(0.35)
+    assert (lo, hi) == pytest.approx((ref.low, ref.high), abs=2e-3)  # z = 1.96 vs exact
+    assert proportion_interval(0, 10)[1][0] == 0.0 and proportion_interval(10, 10)[1][1] == 1.0
