@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test test-slow bench lint format clean
+.PHONY: demo test test-slow bench lint format clean reproduce
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ $(BENCH_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiments all --quick
 	@echo "Open results/report.html"
+
+# Paper-scale results shipped in the repository: every experiment in full mode (docs/results/)
+# and in quick mode (docs/results/quick/), the reports, and the README's table from them.
+reproduce: $(STAMP)
+	$(PY) -m experiments all --quiet --out docs/results
+	$(PY) -m experiments all --quiet --quick --out docs/results/quick
+	$(PY) -m experiments table --results docs/results --readme README.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -27,6 +27,25 @@ def test_code_blocks_run(path, capsys):
             raise AssertionError(f"{path.name} block {i} failed: {e!r}\n{code}") from e
     out = capsys.readouterr().out
     if path.name == "README.md":
-        # The tour claims the optimizer's path equals the SDE's to rounding.
-        diff = float(out.splitlines()[1])
-        assert diff < 1e-10
+        # The tour claims the optimizer's path equals the SDE's to rounding, through
+        # solve_discrete (line 1) and through run_agents step by step (line 2).
+        lines = out.splitlines()
+        assert float(lines[1]) < 1e-10 and float(lines[2]) < 1e-10
+
+
+def test_readme_table_of_verdicts_matches_the_shipped_results(tmp_path):
+    """No verdict or number in the README is typed by hand: its table is the one that
+    `python -m experiments table` generates from docs/results/ (`make reproduce`)."""
+    from experiments.harness.table import results_table, table_in, write_table
+    from experiments.registry import EXPERIMENTS
+
+    readme = (ROOT / "README.md").read_text()
+    assert table_in(readme) == results_table(ROOT / "docs" / "results", EXPERIMENTS), (
+        "README.md's table is stale: run `python -m experiments table`"
+    )
+    # and the check can fail: a README whose table disagrees is rewritten
+    stale = tmp_path / "README.md"
+    table = table_in(readme)
+    stale.write_text(readme.replace(table, table + "\n| a row | typed | by | hand | holds |"))
+    assert write_table(stale, ROOT / "docs" / "results", EXPERIMENTS)
+    assert stale.read_text() == readme

@@ -21,6 +21,7 @@ from . import distributed  # noqa: E402
 from .config import ConfigError, apply_overrides, describe, parse_overrides  # noqa: E402
 from .report import format_interval, summarize, write_report  # noqa: E402
 from .store import run_experiment  # noqa: E402
+from .table import results_table, table_in, write_table  # noqa: E402
 
 
 def make_config(module, quick: bool, overrides: dict[str, str]):
@@ -78,6 +79,10 @@ def main(argv=None, experiments=()) -> int:
     sub.add_parser("all", parents=[common], help="run every experiment, then the report")
     rep = sub.add_parser("report", help="write report.html and report.md")
     rep.add_argument("--out", default="results")
+    tab = sub.add_parser("table", help="regenerate the README's table of verdicts")
+    tab.add_argument("--results", default="docs/results", help="shipped results directory")
+    tab.add_argument("--readme", default="README.md")
+    tab.add_argument("--check", action="store_true", help="exit 1 if the README is stale")
     run.add_argument("--show-config", action="store_true", help="list the config fields and exit")
     argv = sys.argv[1:] if argv is None else list(argv)
     # `run NAME --help` lists NAME's config fields (argparse alone cannot know them).
@@ -107,6 +112,15 @@ def main(argv=None, experiments=()) -> int:
         if args.command == "report":
             html_path, _ = write_report(Path(args.out), experiments)
             print(f"wrote {html_path}")
+            return 0
+        if args.command == "table":
+            readme, results = Path(args.readme), Path(args.results)
+            if args.check:
+                fresh = table_in(readme.read_text()) == results_table(results, experiments)
+                print(f"{readme}: table {'up to date' if fresh else 'STALE'}")
+                return 0 if fresh else 1
+            changed = write_table(readme, results, experiments)
+            print(f"{readme}: table {'rewritten' if changed else 'already up to date'}")
             return 0
         if args.command == "run":
             module = get(args.name, experiments)
