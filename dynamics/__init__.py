@@ -18,7 +18,14 @@ from .coupling import (
     toward,
     tree_zeros_like,
 )
-from .landscapes import AbstractLandscape, LogCoshQuadratic, Quadratic, Rastrigin, TiltedMultiWell
+from .landscapes import (
+    AbstractLandscape,
+    LogCoshQuadratic,
+    OffsetMultiWell,
+    Quadratic,
+    Rastrigin,
+    TiltedMultiWell,
+)
 from .noise import (
     AbstractNoise,
     CovarianceNoise,
@@ -50,6 +57,7 @@ __all__ = [
     "StepBrownianPath",
     "SuccessWeightedQuorum",
     "TiltedMultiWell",
+    "OffsetMultiWell",
     "Uncoupled",
     "agent_mean",
     "elastic",

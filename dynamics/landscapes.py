@@ -20,6 +20,7 @@ __all__ = [
     "AbstractLandscape",
     "Quadratic",
     "TiltedMultiWell",
+    "OffsetMultiWell",
     "Rastrigin",
     "LogCoshQuadratic",
 ]
@@ -190,6 +191,106 @@ class TiltedMultiWell(AbstractLandscape):
     def curvature_bounds(self):
         c = 2 * math.pi**2 * self.amplitude
         return 2 * self.quadratic - c, 2 * self.quadratic + c
+
+
+class OffsetMultiWell(AbstractLandscape):
+    """Multi-well whose global well sits away from the envelope's minimum.
+
+    `f(x) = Σ_j [q x_j² + A sin²(π x_j) − D exp(−(x_j − c)² / (2 s²))]`. The envelope
+    `q x²` and the wells at the integers are those of `TiltedMultiWell` (untilted); a narrow
+    Gaussian dip of depth D and width s at c deepens one well. With the defaults (`q = 1/20`,
+    `A = 1`, `D = 1`, `c = 2`, `s = 0.2`, so `2s² = 0.08`) and `dim = 1` this is
+    `x²/20 + sin²(πx) − exp(−(x − 2)²/0.08)`: the global minimum (f ≈ −0.80) lies at x ≈ 1.99,
+    two wells from the envelope's minimum at 0, so the landscape is not symmetric about x*
+    and the average of scattered points does not land on x*.
+
+    Curvature: `f'' = 2q + 2π²A cos(2πx) + (D/s²)(1 − u²) e^{−u²/2}` with `u = (x − c)/s`;
+    `(1 − u²) e^{−u²/2}` lies in `[−2e^{−3/2}, 1]`, which gives the bounds.
+    """
+
+    quadratic: float = eqx.field(static=True)
+    amplitude: float = eqx.field(static=True)
+    depth: float = eqx.field(static=True)
+    center: float = eqx.field(static=True)
+    width: float = eqx.field(static=True)
+    dim: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        dim: int = 1,
+        quadratic: float = 0.05,
+        amplitude: float = 1.0,
+        depth: float = 1.0,
+        center: float = 2.0,
+        width: float = 0.2,
+    ):
+        self.dim = _check_dim(dim)
+        if not (quadratic > 0 and amplitude >= 0 and depth >= 0 and width > 0):
+            raise ValueError(
+                f"need quadratic > 0, amplitude >= 0, depth >= 0 and width > 0, got "
+                f"quadratic={quadratic}, amplitude={amplitude}, depth={depth}, width={width}"
+            )
+        if not math.isfinite(center):
+            raise ValueError(f"center must be finite, got {center}")
+        self.quadratic, self.amplitude = float(quadratic), float(amplitude)
+        self.depth, self.center, self.width = float(depth), float(center), float(width)
+
+    def _f1d(self, x):
+        xp = jnp if isinstance(x, jax.Array) else np
+        u = (x - self.center) / self.width
+        return (
+            self.quadratic * x**2
+            + self.amplitude * xp.sin(math.pi * x) ** 2
+            - self.depth * xp.exp(-0.5 * u**2)
+        )
+
+    def _df1d(self, x):
+        xp = jnp if isinstance(x, jax.Array) else np
+        u = (x - self.center) / self.width
+        return (
+            2 * self.quadratic * x
+            + self.amplitude * math.pi * xp.sin(2 * math.pi * x)
+            + self.depth * u / self.width * xp.exp(-0.5 * u**2)
+        )
+
+    def value(self, x):
+        return jnp.sum(self._f1d(x))
+
+    def grad(self, x):
+        return self._df1d(x)
+
+    def _star_1d(self) -> float:
+        # f >= q x² − D > 0 >= f(0) for |x| > sqrt(D/q): the global minimum lies inside.
+        reach = math.sqrt(self.depth / self.quadratic) + 1.0
+        lo, hi = min(-reach, self.center - 1.0), max(reach, self.center + 1.0)
+        grid = np.linspace(lo, hi, int((hi - lo) * 1e4) + 1)
+        x = float(grid[np.argmin(self._f1d(grid))])
+        # Polish the grid point with Newton steps on f' (f'' > 0 at the bottom of a well).
+        for _ in range(50):
+            d2 = (self._df1d(x + 1e-6) - self._df1d(x - 1e-6)) / 2e-6
+            if not d2 > 0:
+                break
+            step = self._df1d(x) / d2
+            x -= step
+            if abs(step) < 1e-14:
+                break
+        return x
+
+    def minimizer(self):
+        return jnp.full((self.dim,), self._star_1d())
+
+    def basin_1d(self) -> tuple[float, float]:
+        """The interval `(lo, hi)` of the global well in each coordinate."""
+        return _interval_basin(self._f1d, self._star_1d(), 1.0)
+
+    def in_global_basin(self, x):
+        lo, hi = self.basin_1d()
+        return jnp.all((x > lo) & (x < hi), axis=-1)
+
+    def curvature_bounds(self):
+        c = 2 * math.pi**2 * self.amplitude
+        dip = self.depth / self.width**2
+        return 2 * self.quadratic - c - 2 * math.exp(-1.5) * dip, 2 * self.quadratic + c + dip
 
 
 class Rastrigin(AbstractLandscape):
