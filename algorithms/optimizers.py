@@ -75,18 +75,22 @@ def quorum_sgd(
     quorum_gain: float,
     center_gradient_scale: float = 0.0,
     aux_gradient_fn: GradientField | None = None,
+    quorum_pull: str = "sum",
 ) -> optax.GradientTransformationExtraArgs:
     """Quorum-sensing SGD, the Euler step h = lr of the quorum model (docs/papers.md).
 
-    `x_i ← x_i − lr(g_i − k(z − x_i))`, `z ← z + lr(k_z Σ_i (x_i − z) − η_z ∇f(z))`.
+    `x_i ← x_i − lr(g_i − k(z − x_i))`, `z ← z + lr(k_z Σ_i (x_i − z) − η_z ∇f(z))`, or with
+    `quorum_pull="mean"` `z ← z + lr(k_z (x̄ − z) − η_z ∇f(z))` (see `dynamics.Quorum`).
 
     Args:
         learning_rate: lr > 0 (the step h of the continuous model with unit gradient scale),
             a constant or an `optax` schedule.
         gain: k >= 0; quorum_gain: k_z >= 0; center_gradient_scale: η_z >= 0 (needs
-            `aux_gradient_fn`, ∇f for one set of parameters, if > 0).
+            `aux_gradient_fn`, ∇f for one set of parameters, if > 0; z then uses the exact
+            ∇f(z), an oracle the agents do not have).
+        quorum_pull: "sum" (default) or "mean", the normalization of z's pull.
     """
-    rule = Quorum(gain, quorum_gain, center_gradient_scale)
+    rule = Quorum(gain, quorum_gain, center_gradient_scale, quorum_pull=quorum_pull)
     return coupled_sgd(rule, learning_rate, aux_gradient_fn=aux_gradient_fn)
 
 
@@ -97,27 +101,33 @@ def momentum_quorum_sgd(
     momentum: float = 0.9,
     center_gradient_scale: float = 0.0,
     aux_gradient_fn: GradientField | None = None,
+    quorum_pull: str = "sum",
 ) -> optax.GradientTransformationExtraArgs:
     """Quorum SGD with heavy-ball momentum β on each agent (coupling inside the trace).
 
     For a constant lr this is the semi-implicit Euler step `h = √lr` of the heavy-ball quorum
     system with damping `γ = (1 − β)/√lr`, gain k, and quorum gain `√lr k_z` (center gradient
-    scale `√lr η_z`): see `coupled_sgd`.
+    scale `√lr η_z`), with the same `quorum_pull` ("sum" by default, or "mean"): see
+    `coupled_sgd`.
     """
-    rule = Quorum(gain, quorum_gain, center_gradient_scale)
+    rule = Quorum(gain, quorum_gain, center_gradient_scale, quorum_pull=quorum_pull)
     return coupled_sgd(rule, learning_rate, momentum=momentum, aux_gradient_fn=aux_gradient_fn)
 
 
 def easgd(
-    learning_rate: optax.ScalarOrSchedule, rho: float, momentum: float | None = None
+    learning_rate: optax.ScalarOrSchedule,
+    rho: float,
+    momentum: float | None = None,
+    quorum_pull: str = "sum",
 ) -> optax.GradientTransformationExtraArgs:
     """Synchronous Elastic Averaging SGD (Zhang, Choromanska, LeCun 2015, arXiv 1412.6651).
 
     `x_i ← x_i − η g_i − α(x_i − x̃)`, `x̃ ← x̃ + α Σ_i (x_i − x̃)` with `α = ηρ` (η the
     learning rate); the center x̃ starts at the agents' mean (read it with `easgd_center`).
-    With N = 1 it is a non-distributed optimizer.
+    With N = 1 it is a non-distributed optimizer. `quorum_pull="mean"` is a variant, not the
+    paper's update: `x̃ ← x̃ + α (x̄ − x̃)` (see `dynamics.coupling.elastic`).
     """
-    return coupled_sgd(elastic(rho), learning_rate, momentum=momentum)
+    return coupled_sgd(elastic(rho, quorum_pull=quorum_pull), learning_rate, momentum=momentum)
 
 
 class ElasticAveragingState(NamedTuple):

@@ -15,6 +15,8 @@ Rules act on pytrees whose every leaf carries the agent axis first (`(N, ...)`):
 reductions over axis 0, so they become all-reduces when that axis is sharded.
 
 Normalization: all-to-all coupling is `k (x̄ − x_i)` (not `k Σ_j (x_j − x_i) = kN (x̄ − x_i)`).
+The quorum variable's pull is a sum `k_z Σ_i (x_i − z)` by default, or the mean
+`k_z (x̄ − z)` with `Quorum(..., quorum_pull="mean")`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ __all__ = [
     "MeanField",
     "Quorum",
     "elastic",
+    "QUORUM_PULLS",
+    "check_quorum_pull",
     "agent_mean",
     "toward",
     "tree_zeros_like",
@@ -128,32 +132,59 @@ class MeanField(AbstractCoupling):
         return toward(agent_mean(params), params, self.gain)
 
 
+QUORUM_PULLS = ("sum", "mean")
+
+
 class Quorum(AbstractCoupling):
     """Quorum sensing with a quorum variable z that has its own dynamics.
 
-        F_i = k (z − x_i),        dz/dt = g(z) + k_z Σ_i (x_i − z),   g(z) = −η_z ∇f(z).
+        F_i = k (z − x_i),        dz/dt = g(z) + k_z Σ_i (x_i − z),   g(z) = −η_z ∇f(z)
+
+    (`quorum_pull="sum"`, the default), or with the mean-normalized pull
+    (`quorum_pull="mean"`)
+
+        dz/dt = g(z) + k_z (x̄ − z) = g(z) + (k_z / N) Σ_i (x_i − z).
 
     `center_gradient_scale = η_z = 0` gives `g = 0` (EASGD's center); `k_z → ∞` recovers
     all-to-all coupling. z starts at the agents' spatial mean.
+
+    The normalization sets how z's relaxation rate toward x̄ depends on N: `N k_z` for the
+    sum (EASGD's `x̃ ← x̃ + α Σ_i (x_i − x̃)` is this form), `k_z` for the mean. With the mean
+    pull (and a linear g) the drift of (x̄, z) does not depend on N while the noise of x̄
+    falls as 1/√N, so near x* the stationary E‖x̄ − x*‖² scales exactly as 1/N; with the sum
+    it does not (the stationary Var(x̄) of a quadratic carries the factor
+    `(ηa + N k_z)/(ηa + N k_z + k)`, `theory.quorum_mean_variance`). The two forms are the
+    same model at `k_z^mean = N k_z^sum`.
 
     Args:
         gain: k >= 0, the pull of z on each agent (1/time).
         quorum_gain: k_z >= 0, the pull of each agent on z (1/time).
         center_gradient_scale: η_z >= 0; if > 0, z also descends the loss (needs ∇f at z).
+            Note that z then descends the exact, noise-free ∇f(z): the agents' noise never
+            enters z's own gradient.
+        quorum_pull: "sum" (`k_z Σ_i (x_i − z)`, default) or "mean" (`k_z (x̄ − z)`).
 
-    The gains are pytree leaves (sweepable under `jax.vmap`); η_z is static.
+    The gains are pytree leaves (sweepable under `jax.vmap`); η_z and the pull are static.
     """
 
     gain: float | jax.Array
     quorum_gain: float | jax.Array
     center_gradient_scale: float = eqx.field(static=True)
+    quorum_pull: str = eqx.field(static=True)
 
-    def __init__(self, gain: float, quorum_gain: float, center_gradient_scale: float = 0.0):
+    def __init__(
+        self,
+        gain: float,
+        quorum_gain: float,
+        center_gradient_scale: float = 0.0,
+        quorum_pull: str = "sum",
+    ):
         self.gain = _nonnegative("gain (k)", gain)
         self.quorum_gain = _nonnegative("quorum_gain (k_z)", quorum_gain)
         self.center_gradient_scale = _nonnegative(
             "center_gradient_scale (η_z)", center_gradient_scale
         )
+        self.quorum_pull = check_quorum_pull(quorum_pull)
 
     @property
     def needs_aux_gradient(self) -> bool:  # type: ignore[override]
@@ -168,8 +199,9 @@ class Quorum(AbstractCoupling):
 
     def aux_drift(self, params, aux, losses, grad_fn):
         del losses
+        reduce = jnp.sum if self.quorum_pull == "sum" else jnp.mean
         pull = jax.tree.map(
-            lambda leaf, z: self.quorum_gain * jnp.sum(leaf - z[None], axis=0), params, aux
+            lambda leaf, z: self.quorum_gain * reduce(leaf - z[None], axis=0), params, aux
         )
         if self.center_gradient_scale == 0:
             return pull
@@ -178,10 +210,19 @@ class Quorum(AbstractCoupling):
         return jax.tree.map(lambda p, g: p - self.center_gradient_scale * g, pull, grad_fn(aux))
 
 
-def elastic(rho: float) -> Quorum:
+def check_quorum_pull(quorum_pull: str) -> str:
+    """Validate the quorum variable's pull normalization: "sum" or "mean"."""
+    if quorum_pull not in QUORUM_PULLS:
+        raise ValueError(f"quorum_pull must be one of {QUORUM_PULLS}, got {quorum_pull!r}")
+    return quorum_pull
+
+
+def elastic(rho: float, quorum_pull: str = "sum") -> Quorum:
     """EASGD's elastic coupling: the quorum model with `g = 0` and `k = k_z = ρ` (ρ >= 0).
 
     Its Euler step with step `η` is synchronous EASGD with `α = ηρ` (Zhang, Choromanska,
-    LeCun 2015, "Deep learning with Elastic Averaging SGD", arXiv 1412.6651).
+    LeCun 2015, "Deep learning with Elastic Averaging SGD", arXiv 1412.6651); that is the
+    default `quorum_pull="sum"`, `x̃ ← x̃ + α Σ_i (x_i − x̃)`. `quorum_pull="mean"` is a
+    variant (not the paper's) whose center moves by `α (x̄ − x̃)`, as if ρ_z = ρ/N.
     """
-    return Quorum(gain=rho, quorum_gain=rho)
+    return Quorum(gain=rho, quorum_gain=rho, quorum_pull=quorum_pull)

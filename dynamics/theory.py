@@ -60,9 +60,27 @@ def all_to_all_spread(*, sigma, gradient_scale, curvature, gain, num_agents):
     return sigma**2 * (num_agents - 1) / (2 * num_agents * (gradient_scale * curvature + gain))
 
 
-def quorum_mean_variance(*, sigma, gradient_scale, curvature, gain, quorum_gain, num_agents):
-    """Var(x̄) = σ²(ηa + N k_z) / (2Nηa(ηa + N k_z + k)) for quorum coupling with g = 0."""
-    ea, nkz = gradient_scale * curvature, num_agents * quorum_gain
+def _quorum_rate(quorum_gain, num_agents, quorum_pull):
+    """z's relaxation rate toward x̄: `N k_z` for the sum pull, `k_z` for the mean pull."""
+    if quorum_pull == "sum":
+        return num_agents * quorum_gain
+    if quorum_pull == "mean":
+        return quorum_gain
+    raise ValueError(f"quorum_pull must be 'sum' or 'mean', got {quorum_pull!r}")
+
+
+def quorum_mean_variance(
+    *, sigma, gradient_scale, curvature, gain, quorum_gain, num_agents, quorum_pull="sum"
+):
+    """Var(x̄) = σ²(ηa + κ) / (2Nηa(ηa + κ + k)) for quorum coupling with g = 0.
+
+    κ is z's relaxation rate toward x̄: `κ = N k_z` for the sum pull `k_z Σ_i (x_i − z)`
+    (default), `κ = k_z` for the mean pull `k_z (x̄ − z)`; with the mean pull Var(x̄) ∝ 1/N.
+    Derivation: per coordinate `dx̄ = [−ηa x̄ + k(z − x̄)] dt + (σ/√N) dW`,
+    `dz = κ(x̄ − z) dt`; the 2×2 Lyapunov equation gives this and `quorum_center_variance`.
+    """
+    ea = gradient_scale * curvature
+    nkz = _quorum_rate(quorum_gain, num_agents, quorum_pull)
     return sigma**2 * (ea + nkz) / (2 * num_agents * ea * (ea + nkz + gain))
 
 
@@ -74,10 +92,19 @@ def quorum_spread(*, sigma, gradient_scale, curvature, gain, num_agents):
     )  # fmt: skip
 
 
-def quorum_center_variance(*, sigma, gradient_scale, curvature, gain, quorum_gain, num_agents):
-    """Var(z) = σ² k_z / (2ηa(ηa + N k_z + k)) for quorum coupling with g = 0."""
+def quorum_center_variance(
+    *, sigma, gradient_scale, curvature, gain, quorum_gain, num_agents, quorum_pull="sum"
+):
+    """Var(z) = σ² κ / (2Nηa(ηa + κ + k)) for quorum coupling with g = 0.
+
+    `κ = N k_z` (sum pull, default; then Var(z) = σ² k_z / (2ηa(ηa + N k_z + k))) or
+    `κ = k_z` (mean pull), as in `quorum_mean_variance`.
+    """
     ea = gradient_scale * curvature
-    return sigma**2 * quorum_gain / (2 * ea * (ea + num_agents * quorum_gain + gain))
+    if quorum_pull == "sum":
+        return sigma**2 * quorum_gain / (2 * ea * (ea + num_agents * quorum_gain + gain))
+    kappa = _quorum_rate(quorum_gain, num_agents, quorum_pull)
+    return sigma**2 * kappa / (2 * num_agents * ea * (ea + kappa + gain))
 
 
 class LinearSystem(NamedTuple):
@@ -148,19 +175,27 @@ class StationaryMoments(NamedTuple):
 
 
 def stationary_moments(
-    system: CoupledSystem, *, num_agents: int, step_size: float | None = None
+    system: CoupledSystem,
+    *,
+    num_agents: int,
+    step_size: float | None = None,
+    scheme: str = "explicit",
 ) -> StationaryMoments:
     """Stationary moments of the linearized system of `num_agents` agents.
 
     Continuous time (`step_size=None`), or the Euler chain with step h = `step_size` (time),
-    which is what `algorithms.solve_discrete` with that step converges to.
+    which is what `algorithms.solve_discrete` with that step converges to;
+    `scheme="semi_implicit"` gives instead the chain of Optax momentum (`euler_map`).
     """
     n_agents = num_agents
     lin = linearize(system, num_agents=n_agents)
     if step_size is None:
         cov = stationary_covariance(lin.drift, lin.diffusion)
-    else:
+    elif scheme == "explicit":
         cov = discrete_stationary_covariance(lin.drift, lin.diffusion, step_size=step_size)
+    else:
+        a, q = _euler_map(lin, system, n_agents, step_size, scheme)
+        cov = _chain_covariance(a, q, step_size)
     dim = system.landscape.dim
     size = n_agents * dim
     # Positions come first in the flattened AgentState; x[i, j] sits at i*dim + j.
@@ -177,18 +212,54 @@ def stationary_moments(
 
 
 def deviation_bound(
-    t, *, sigma, dim, num_agents, gain, gradient_scale, strong_convexity, initial_deviation=0.0
+    t,
+    *,
+    sigma,
+    dim,
+    num_agents,
+    gain,
+    gradient_scale,
+    strong_convexity,
+    initial_deviation=0.0,
+    step_size=None,
+    smoothness=None,
 ):
     """Bound on `E (1/N) Σ‖x_i − x̄‖²` for m-strongly convex f (first order, additive σ).
 
-    `σ² n (N − 1)/(2N λ) + max(D0 − that, 0) e^{−2λt}` with `λ = k + ηm`, `D0` the initial
-    deviation (`initial_deviation`); `t` in continuous time (array-like).
+    Continuous time (`step_size=None`): `σ² n (N − 1)/(2N λ) + max(D0 − that, 0) e^{−2λt}`
+    with `λ = k + ηm`, `D0` the initial deviation (`initial_deviation`); `t` in continuous
+    time (array-like). It holds for all-to-all and for quorum coupling (z cancels from the
+    deviations `e_i = x_i − x̄`: `de_i = [−η(∇f(x_i) − mean_j ∇f(x_j)) − k e_i] dt + noise`).
+
+    The Euler chain with step h (`step_size=h`, needs `smoothness` L; what a discrete run,
+    or Euler–Maruyama, with that step does): `e_i ← e_i − h[η(g_i − ḡ) + k e_i] + σ√h (n_i −
+    n̄)` with `g_i = ∇f(x_i)`. Since `Σ_i (g_i − ḡ)·e_i >= m Σ‖e_i‖²` and
+    `Σ_i ‖g_i − ḡ‖² <= L² Σ‖e_i‖²`, `E D_{k+1} <= c E D_k + σ² h n (N − 1)/N` with
+    `c = (1 − hk)² − 2(1 − hk) hηm + h²η²L²` (needs `hk <= 1` and `c < 1`), so
+    `E D(t) <= s_h + max(D0 − s_h, 0) c^{t/h}`, `s_h = σ² h n (N − 1)/(N (1 − c))`; as h → 0
+    it tends to the continuous bound (from above: `s_h = s (1 + O(h))`).
     """
     lam = gain + gradient_scale * strong_convexity
     if lam <= 0:
         raise ValueError(f"need k + ηm > 0 for the bound, got {lam}")
-    steady = sigma**2 * dim * (num_agents - 1) / (2 * num_agents * lam)
-    return steady + max(initial_deviation - steady, 0.0) * np.exp(-2 * lam * np.asarray(t))
+    if step_size is None:
+        steady = sigma**2 * dim * (num_agents - 1) / (2 * num_agents * lam)
+        return steady + max(initial_deviation - steady, 0.0) * np.exp(-2 * lam * np.asarray(t))
+    h = float(step_size)
+    if not h > 0 or smoothness is None or not smoothness >= strong_convexity:
+        raise ValueError(
+            f"the chain's bound needs step_size > 0 and smoothness L >= m, got h={step_size}, "
+            f"L={smoothness}"
+        )
+    if h * gain > 1:
+        raise ValueError(f"the chain's bound needs step_size·gain <= 1, got {h * gain}")
+    keep = 1 - h * gain
+    c = keep**2 - 2 * keep * h * gradient_scale * strong_convexity
+    c += (h * gradient_scale * smoothness) ** 2
+    if not 0 <= c < 1:
+        raise ValueError(f"the chain does not contract deviations (factor {c:.4g}): h too large")
+    steady = sigma**2 * h * dim * (num_agents - 1) / (num_agents * (1 - c))
+    return steady + max(initial_deviation - steady, 0.0) * c ** (np.asarray(t, dtype=float) / h)
 
 
 def delay_stability_threshold(*, staleness: int) -> float:
@@ -251,13 +322,14 @@ def mean_distance_limit(
     `lim sup_t sqrt(E‖x̄ − x*‖²) <= b + sqrt(b² + nσ²/(2ηmN))`, `b = L s / (2m)`, with
     `s² = σ² n (N−1)/(2N(k + ηm))` the stationary deviation bound. It holds for all-to-all
     coupling `k(x̄ − x_i)` and for quorum coupling `k(z − x_i)` with
-    `dz = [−η_z ∇f(z) + k_z Σ_i (x_i − z)] dt` (η_z >= 0, so EASGD included).
+    `dz = [−η_z ∇f(z) + κ (x̄ − z)] dt`, `κ = N k_z` (sum pull) or `κ = k_z` (mean pull)
+    (η_z >= 0, so EASGD included); it does not depend on κ.
 
     Derivation (first order, additive isotropic noise σ, f m-strongly convex and L-smooth,
     ∇f(x*) = 0). Write `u = x̄ − x*`, `w = z − x*`, `D = (1/N) Σ‖x_i − x̄‖²` and
     `δ = mean_i ∇f(x_i) − ∇f(x̄)`, so `‖δ‖ <= L sqrt(D)`. The mean obeys
     `du = [−η ∇f(x̄) − η δ + k(w − u)] dt + (σ/√N) dW̄` (no `k` term for all-to-all). With
-    `V = ‖u‖² + ρ‖w‖²`, `ρ = k/(k_z N)`, Itô's formula and strong convexity give
+    `V = ‖u‖² + ρ‖w‖²`, `ρ = k/κ`, Itô's formula and strong convexity give
     `dE V/dt <= −2ηm E‖u‖² − 2k E‖u − w‖² − 2ρ η_z m E‖w‖² + 2ηL E[‖u‖ sqrt(D)] + nσ²/N`
     (the cross terms `2k u·w` cancel). Cauchy–Schwarz bounds `E[‖u‖ sqrt(D)]` by `y s` with
     `y² = E‖u‖²`; at stationarity `dE V/dt = 0`, so `ηm y² <= ηL s y + nσ²/(2N)`, whose
@@ -284,13 +356,16 @@ def mean_distance_bound(
     initial_deviation=0.0,
     quorum_gain=None,
     center_gradient_scale=0.0,
+    quorum_pull="sum",
 ):
     """Bound on `E‖x̄(t) − x*‖` at every time t for first-order coupled SGD, f strongly convex.
 
     Assumptions: f is m-strongly convex and L-smooth; first-order dynamics with additive
     isotropic noise σ on every agent; agents coupled all-to-all, `k(x̄ − x_i)`
     (`quorum_gain=None`), or through a quorum variable z that starts at x̄(0),
-    `k(z − x_i)`, `dz = [−η_z ∇f(z) + k_z Σ_i (x_i − z)] dt` (EASGD: η_z = 0, k = k_z = ρ).
+    `k(z − x_i)`, `dz = [−η_z ∇f(z) + κ (x̄ − z)] dt` with `κ = N k_z` for the sum pull
+    `k_z Σ_i (x_i − z)` (`quorum_pull="sum"`; EASGD: η_z = 0, k = k_z = ρ) or `κ = k_z` for
+    the mean pull `k_z (x̄ − z)` (`quorum_pull="mean"`).
     `t` is continuous time (array-like); `initial_distance = ‖x̄(0) − x*‖`,
     `initial_deviation = D(0)`. Not covered: momentum (see `linear_moments` for the
     linearized prediction instead) and state-dependent noise.
@@ -301,10 +376,11 @@ def mean_distance_bound(
     `mean_distance_limit`); the right-hand side is a supersolution of that inequality, so
     it stays above y (comparison lemma), and `E‖·‖ <= y`.
 
-    Quorum: with `V = ‖u‖² + ρ‖w‖²` as in `mean_distance_limit`, Young's inequality
+    Quorum: with `V = ‖u‖² + ρ‖w‖²` as in `mean_distance_limit` (`ρ = k/κ`, which is
+    `k/(k_z N)` for the sum pull), Young's inequality
     `2ηL s̄ y <= ηm y² + ηL² s̄²/m` and `‖w‖² <= 2‖u‖² + 2‖u − w‖²` give
     `dE V/dt <= −λ E V + ηL²s̄²/m + nσ²/N` with
-    `λ = max(min(ηm/(1+2ρ), k_z N), min(ηm, 2η_z m))`, hence
+    `λ = max(min(ηm/(1+2ρ), κ), min(ηm, 2η_z m))`, hence
     `E‖x̄ − x*‖² <= E V(t) <= e^{−λt} (1+ρ) ‖x̄0 − x*‖² + (1 − e^{−λt})(ηL²s̄²/m + nσ²/N)/λ`.
     This is looser than the all-to-all form (Young's inequality costs a factor 2 in the
     noise term); its limit lies above `mean_distance_limit`.
@@ -326,9 +402,10 @@ def mean_distance_bound(
         )
     if quorum_gain <= 0:
         raise ValueError(f"quorum_gain (k_z) must be > 0 for the quorum bound, got {quorum_gain}")
-    rho = gain / (quorum_gain * n_agents)
+    kappa = _quorum_rate(quorum_gain, n_agents, quorum_pull)
+    rho = gain / kappa
     rate = max(
-        min(eta * m / (1 + 2 * rho), quorum_gain * n_agents),
+        min(eta * m / (1 + 2 * rho), kappa),
         min(eta * m, 2 * center_eta * m),
     )
     forcing = eta * big_l**2 * s_bar_sq / m + noise
@@ -347,11 +424,71 @@ class LinearMoments(NamedTuple):
     deviation: np.ndarray
 
 
-def linear_moments(system: CoupledSystem, x0, ts) -> LinearMoments:
+SCHEMES = ("explicit", "semi_implicit")
+
+
+def euler_map(
+    system: CoupledSystem, *, num_agents: int, step_size: float, scheme: str = "explicit"
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(A, Q)` of one step of the linearized system's discrete chain `Y ← A Y + ξ`, Cov ξ = Q.
+
+    `scheme="explicit"`: Euler–Maruyama, `A = I + hM`, `Q = h B Bᵀ` (what `dynamics.solve`
+    and `algorithms.solve_discrete` run). `scheme="semi_implicit"` (heavy-ball systems only):
+    v and aux take the explicit step and x moves with the *new* velocity,
+    `x ← x + h v_new`, so the x rows are `[I 0 0] + h (v rows of I + hM)` and the noise
+    `√h B_v n` reaches x as `h √h B_v n`. That is what Optax's `sgd(lr, momentum=β)` does
+    (`algorithms.optimizers.coupled_sgd`: h = √lr, γ = (1 − β)/√lr).
+    """
+    lin = linearize(system, num_agents=num_agents)
+    return _euler_map(lin, system, num_agents, step_size, scheme)
+
+
+def _euler_map(lin, system, num_agents, step_size, scheme):
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if not step_size > 0:
+        raise ValueError(f"step_size must be > 0, got {step_size!r}")
+    h = float(step_size)
+    n = lin.drift.shape[0]
+    a = np.eye(n) + h * lin.drift
+    g = math.sqrt(h) * lin.diffusion
+    if scheme == "semi_implicit":
+        if not system.momentum:
+            raise ValueError("scheme='semi_implicit' needs a heavy-ball system (damping=γ)")
+        size = num_agents * system.landscape.dim
+        x_rows, v_rows = slice(0, size), slice(size, 2 * size)
+        a[x_rows] = np.eye(n)[x_rows] + h * a[v_rows]
+        g = g.copy()
+        g[x_rows] = h * g[v_rows]
+    return a, g @ g.T
+
+
+def _chain_covariance(a, q, step_size):
+    """P solving `P = A P Aᵀ + Q`; raises if the chain is unstable."""
+    rho = np.max(np.abs(np.linalg.eigvals(a)))
+    if rho >= 1:
+        raise ValueError(f"chain with step {step_size} is unstable (spectral radius {rho:.4g})")
+    return scipy.linalg.solve_discrete_lyapunov(a, q)
+
+
+def _projections(n_agents, dim):
+    size = n_agents * dim
+    averaging = np.kron(np.full((1, n_agents), 1.0 / n_agents), np.eye(dim))  # (dim, size)
+    centring = np.eye(size) - np.kron(np.full((n_agents, n_agents), 1.0 / n_agents), np.eye(dim))
+    return averaging, centring
+
+
+def linear_moments(
+    system: CoupledSystem, x0, ts, *, step_size: float | None = None, scheme: str = "explicit"
+) -> LinearMoments:
     """E‖x̄(t) − x*‖² and E D(t) of the system linearized at x*, from deterministic `x0`.
 
     The linearization `dY = M (Y − Y*) dt + B dW` (`linearize`) is solved exactly: the mean
     is `Y* + e^{Mt}(Y0 − Y*)` and the covariance `P(t) = P∞ − e^{Mt} P∞ e^{Mᵀt}` (P(0) = 0).
+    With `step_size=h` the same for the discrete chain of `euler_map(scheme=…)` instead:
+    mean `Y* + A^k (Y0 − Y*)` and `P_k = P∞ − A^k P∞ (A^k)ᵀ` with `P∞ = A P∞ Aᵀ + Q`, at
+    `k = t/h` (every time must lie on the step grid): what a discrete run with that step
+    has, to rounding, on a quadratic.
     Velocities start at zero and the auxiliary state at the rule's `init`. This is a
     *prediction*, not a bound: exact for quadratic f and linear rules, and for other f only
     near x* (far from x* the curvature differs from ∇²f(x*)).
@@ -359,27 +496,70 @@ def linear_moments(system: CoupledSystem, x0, ts) -> LinearMoments:
     Args:
         system: a coupled system with a linear rule (any damping).
         x0: initial positions `(N, dim)`.
-        ts: times (continuous time), array-like `(T,)`.
+        ts: increasing times (continuous time), array-like `(T,)`.
+        step_size: None (continuous time) or the step h of the discrete chain.
+        scheme: "explicit" or "semi_implicit" (with `step_size`), see `euler_map`.
     """
     x0 = np.asarray(x0, dtype=float)
+    ts = np.asarray(ts, dtype=float)
+    if ts.ndim != 1 or np.any(np.diff(ts) < 0) or (ts.size and ts[0] < 0):
+        raise ValueError(f"ts must be an increasing 1-D array of times >= 0, got {ts}")
     n_agents, dim = x0.shape
     lin = linearize(system, num_agents=n_agents)
     flat0, _ = ravel_pytree(system.init(jnp.asarray(x0)))
     start = np.asarray(flat0) - lin.equilibrium
-    p_inf = stationary_covariance(lin.drift, lin.diffusion)
+    n = lin.drift.shape[0]
+    if step_size is None:
+        p_inf = stationary_covariance(lin.drift, lin.diffusion)
+
+        def propagator(dt):
+            return scipy.linalg.expm(lin.drift * dt)
+
+        increments = np.diff(np.concatenate([[0.0], ts]))
+    else:
+        a, q = _euler_map(lin, system, n_agents, step_size, scheme)
+        p_inf = _chain_covariance(a, q, step_size)
+        k = ts / step_size
+        steps = np.round(k).astype(int)
+        if np.any(np.abs(k - steps) > 1e-6):
+            raise ValueError(f"times must lie on the step grid k·h (h={step_size}), got {ts}")
+
+        def propagator(dk):
+            return np.linalg.matrix_power(a, int(dk))
+
+        increments = np.diff(np.concatenate([[0], steps]))
     size = n_agents * dim
-    # Positions come first in the flattened state; x[i, j] at i*dim + j.
-    averaging = np.kron(np.full((1, n_agents), 1.0 / n_agents), np.eye(dim))  # (dim, size)
-    centring = np.eye(size) - np.kron(np.full((n_agents, n_agents), 1.0 / n_agents), np.eye(dim))
+    averaging, centring = _projections(n_agents, dim)
+    # Positions come first in the flattened state; x[i, j] at i*dim + j. Only the position
+    # rows of the propagator e^{Mt} (or A^k) are needed; powers of one matrix commute, so
+    # rows(t + Δ) = rows(t) · e^{MΔ}, and equal increments reuse one propagator.
+    p_xx = p_inf[:size, :size]
+    stationary_mean = np.trace(averaging @ p_xx @ averaging.T)
+    stationary_dev = np.trace(centring @ p_xx)  # the centring C is a projection: C P C ~ C P
+    cache: dict[float, np.ndarray] = {}
+    rows = np.eye(n)[:size]
     mean_sq, deviation = [], []
-    for t in np.asarray(ts, dtype=float):
-        e = scipy.linalg.expm(lin.drift * t)
-        mu = (e @ start)[:size]
-        cov = (p_inf - e @ p_inf @ e.T)[:size, :size]
-        mean_sq.append(np.sum((averaging @ mu) ** 2) + np.trace(averaging @ cov @ averaging.T))
-        dev = np.sum((centring @ mu) ** 2) + np.trace(centring @ cov @ centring.T)
+    for inc in increments:
+        key = round(float(inc), 10)
+        if key not in cache:
+            cache[key] = propagator(inc)
+        rows = rows @ cache[key]
+        mu = rows @ start
+        rows_p = rows @ p_inf  # (size, n)
+        avg_rows = averaging @ rows
+        transient_mean = np.sum((averaging @ rows_p) * avg_rows)
+        transient_dev = np.sum((centring @ rows_p) * rows)
+        mean_sq.append(np.sum((averaging @ mu) ** 2) + stationary_mean - transient_mean)
+        dev = np.sum((centring @ mu) ** 2) + stationary_dev - transient_dev
         deviation.append(dev / n_agents)
     return LinearMoments(np.asarray(mean_sq), np.asarray(deviation))
 
 
-__all__ += ["mean_distance_limit", "mean_distance_bound", "LinearMoments", "linear_moments"]
+__all__ += [
+    "mean_distance_limit",
+    "mean_distance_bound",
+    "LinearMoments",
+    "linear_moments",
+    "SCHEMES",
+    "euler_map",
+]
