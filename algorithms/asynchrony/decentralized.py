@@ -103,9 +103,15 @@ def topology(name: str, num_agents: int) -> np.ndarray:
     return adj
 
 
-def metropolis_weights(adjacency: ArrayLike) -> np.ndarray:
+def metropolis_weights(adjacency: ArrayLike, *, lazy: bool = False) -> np.ndarray:
     """Metropolis–Hastings mixing matrix: W_ij = 1/(1 + max(deg_i, deg_j)) on edges, W_ii the
-    rest. Symmetric and doubly stochastic for any undirected graph."""
+    rest. Symmetric and doubly stochastic for any undirected graph.
+
+    Its eigenvalues lie in (−1, 1], and on a bipartite graph some are negative: on the 2 × 4
+    torus (K = 8) λ_min(W) = −0.5, a mode that flips sign at every mixing step. `lazy=True`
+    returns the lazy walk (I + W)/2 instead, whose eigenvalues (1 + λ)/2 lie in [0, 1]: no
+    oscillating mode, the same fixed point, and a spectral gap half as large.
+    """
     adj = np.asarray(adjacency, dtype=bool)
     if adj.ndim != 2 or adj.shape[0] != adj.shape[1] or np.any(adj != adj.T):
         raise ValueError(f"adjacency must be a symmetric square matrix, got shape {adj.shape}")
@@ -113,6 +119,8 @@ def metropolis_weights(adjacency: ArrayLike) -> np.ndarray:
     w = np.where(adj, 1.0 / (1.0 + np.maximum(deg[:, None], deg[None, :])), 0.0)
     np.fill_diagonal(w, 0.0)
     np.fill_diagonal(w, 1.0 - w.sum(axis=1))
+    if lazy:
+        w = 0.5 * (np.eye(adj.shape[0]) + w)
     return w
 
 
@@ -392,7 +400,9 @@ def run_gossip(
       grad_fn: `grad_fn(x, key) -> (loss, grad)` for one replica.
       params: x_0 shared by all replicas (no agent axis; not used when `state` is given).
       key: PRNG key; step k uses `fold_in(key, k)`.
-      mixing: W, `(K, K)` doubly stochastic (e.g. `metropolis_weights(topology(...))`).
+      mixing: W, `(K, K)` doubly stochastic (e.g. `metropolis_weights(topology(...))`);
+        checked when concrete. It may be traced (e.g. `vmap` over several topologies in one
+        compiled program); a traced W is not checked, so pass a valid one.
       delay: view delay distribution on {0…D} (steps).
       learning_rate: η > 0, a scalar or an Optax schedule of the step.
       num_steps: steps (static), a multiple of `record_every`.
@@ -407,15 +417,17 @@ def run_gossip(
     Returns:
       A `RunResult` with `state` the final `GossipState` and `trace` a `GossipTrace`.
     """
-    mixing = np.asarray(mixing, dtype=float)
-    if mixing.ndim != 2 or mixing.shape[0] != mixing.shape[1]:
-        raise ValueError(f"mixing must be a square matrix, got shape {mixing.shape}")
-    if not np.allclose(mixing.sum(axis=1), 1.0) or np.any(mixing < 0):
-        raise ValueError("mixing must be non-negative with rows summing to 1")
+    if jnp.ndim(mixing) != 2 or jnp.shape(mixing)[0] != jnp.shape(mixing)[1]:
+        raise ValueError(f"mixing must be a square matrix, got shape {jnp.shape(mixing)}")
+    if not isinstance(mixing, jax.core.Tracer):
+        host = np.asarray(mixing, dtype=float)
+        if not np.allclose(host.sum(axis=1), 1.0) or np.any(host < 0):
+            raise ValueError("mixing must be non-negative with rows summing to 1")
+        mixing = host
     check_steps(num_steps, record_every, start_step)
     w = jnp.asarray(mixing)
     if state is None:
-        state = gossip_init(params, mixing.shape[0], delay)
+        state = gossip_init(params, jnp.shape(mixing)[0], delay)
 
     def step(state, i):
         state, (losses, view_delay) = gossip_step(
