@@ -467,6 +467,58 @@ def test_topologies_give_doubly_stochastic_connected_mixing(name):
     assert np.all(adj.sum(axis=1) == degree)
 
 
+def test_metropolis_weights_of_the_2x4_torus_and_their_lazy_form_by_hand():
+    # The 2 x 4 wrap-around grid: i = 4r + c ~ (r, c ± 1 mod 4) and (1 − r, c); degree 3, so
+    # W = (I + A)/4, and A = C4 ⊕ K2 has eigenvalues {±3, ±1, ±1, ±1}: λ(W) = (1 + λ_A)/4.
+    adj = asy.topology("torus", 8)
+    hand = np.zeros((8, 8), dtype=bool)
+    for r in range(2):
+        for c in range(4):
+            for nb in (4 * r + (c + 1) % 4, 4 * r + (c - 1) % 4, 4 * (1 - r) + c):
+                hand[4 * r + c, nb] = True
+    np.testing.assert_array_equal(adj, hand)
+    expected = np.sort(np.array([3.0, 1, 1, 1, -1, -1, -1, -3]) + 1) / 4
+    w = asy.metropolis_weights(adj)
+    np.testing.assert_allclose(w, (np.eye(8) + hand) / 4, atol=1e-15)
+    np.testing.assert_allclose(np.linalg.eigvalsh(w), expected, atol=1e-12)  # λ_min = −0.5
+    lazy = asy.metropolis_weights(adj, lazy=True)
+    np.testing.assert_allclose(lazy, (np.eye(8) + w) / 2, atol=1e-15)
+    np.testing.assert_allclose(np.linalg.eigvalsh(lazy), (1 + expected) / 2, atol=1e-12)
+    np.testing.assert_allclose(lazy.sum(axis=0), 1.0)
+    np.testing.assert_allclose(lazy.sum(axis=1), 1.0)
+
+
+def test_gossip_vmapped_over_traced_mixing_matches_concrete_runs(getkey):
+    k, key = 6, getkey()
+    ws = [asy.metropolis_weights(asy.topology(n, k), lazy=True) for n in ("ring", "complete")]
+    kwargs = dict(delay=asy.uniform_delay(2), learning_rate=0.05, num_steps=15)
+
+    def run(w):
+        return asy.run_gossip(noisy_quadratic, jnp.ones(3), key, mixing=w, **kwargs).params
+
+    batched = jax.jit(jax.vmap(run))(jnp.asarray(np.stack(ws)))
+    for i, w in enumerate(ws):
+        np.testing.assert_allclose(np.asarray(batched[i]), np.asarray(run(w)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("eta, k, d", [(0.3, 1, 0), (0.5, 8, 16), (0.2, 16, 16), (0.4, 16, 4)])
+def test_dasgd_stiff_mode_radius_is_the_growth_rate_of_the_expected_delay_recursion(eta, k, d):
+    from experiments.decentralized import stiff_mode_radius
+
+    probs = np.full(d + 1, 1.0 / (d + 1))
+    # x_{n+1} = x_n − (η/K) [x_n + (K − 1) Σ_j p_j x_{n−j}] from x_j = 1 (j <= 0), rescaled
+    # every step; the mean log growth over the second half is log ρ (power iteration).
+    xs, logs = [1.0] * (d + 1), []
+    for _ in range(20_000):
+        stale = sum(p * xs[-1 - j] for j, p in enumerate(probs))
+        xs.append(xs[-1] - eta / k * (xs[-1] + (k - 1) * stale))
+        scale = max(abs(v) for v in xs[-(d + 1) :])
+        xs = [v / scale for v in xs[-(d + 1) :]]
+        logs.append(math.log(scale))
+    growth = math.exp(np.mean(logs[10_000:]))
+    assert stiff_mode_radius(eta, k, probs) == pytest.approx(growth, rel=1e-3)
+
+
 def test_gossip_preserves_mean_and_reaches_consensus_without_gradients(getkey):
     def zero_grad(x, key):
         del key
@@ -617,11 +669,15 @@ TINY = {
         num_train=32,
         hidden=(8,),
         num_steps=20,
+        scaled_num_steps=10,
         evals=2,
-        seeds=1,
+        seeds=2,
         batch_size=8,
+        loss_level=2.0,
     ),
-    "decentralized": dict(num_agents=4, dim=5, max_delays=(0, 2), num_steps=30, seeds=2),
+    "decentralized": dict(
+        num_agents=4, dim=5, max_delays=(0, 2), learning_rates=(0.1, 0.4), num_steps=30, seeds=2
+    ),
 }
 
 

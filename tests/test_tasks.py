@@ -395,3 +395,22 @@ def test_evaluate_validation(getkey):
         tasks.evaluate(TINY_MLP, params, x, y, batch_size=0)
     with pytest.raises(ValueError, match="shapes"):
         tasks.evaluate(TINY_MLP, params, x[:-1], y)
+
+
+@pytest.mark.parametrize("input_shape", [(3, 40), (2, 13, 2), (2, 41, 1)])
+def test_patch_cnn1d_is_cnn1d(getkey, input_shape):
+    # Oracle: CNN1D's XLA convolutions. Same parameters from the same key, same logits and
+    # gradients on any length (odd lengths exercise the asymmetric SAME padding).
+    x = jr.normal(getkey(), input_shape, jnp.float32)
+    key = getkey()
+    params = tasks.CNN1D().init(key, x)
+    _assert_trees_close(tasks.PatchCNN1D().init(key, x), params, rtol=0, atol=0)
+    np.testing.assert_allclose(
+        tasks.PatchCNN1D().apply(params, x), tasks.CNN1D().apply(params, x), rtol=1e-5, atol=1e-5
+    )
+    y = jnp.arange(input_shape[0]) % 10
+    grads = [
+        jax.grad(tasks.cross_entropy_loss(m))(params, x, y)
+        for m in (tasks.PatchCNN1D(), tasks.CNN1D())
+    ]
+    _assert_trees_close(*grads, rtol=1e-4, atol=1e-5)

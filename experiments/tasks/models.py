@@ -27,6 +27,7 @@ from dynamics.types import GradFn, Oracle, PyTree
 __all__ = [
     "MLP",
     "CNN1D",
+    "PatchCNN1D",
     "CNN2D",
     "init_stacked",
     "cross_entropy_loss",
@@ -85,6 +86,61 @@ class CNN1D(nn.Module):
         for layer, channels in enumerate(self.features):
             kernel = 5 if layer == 0 else 3
             x = nn.relu(nn.Conv(channels, (kernel,), strides=(2,), padding="SAME")(x))
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.num_classes)(x)
+
+
+class _PatchConv1D(nn.Module):
+    """`nn.Conv(features, (kernel,), strides=(stride,), padding="SAME")` on `(batch, length,
+    channels)`, computed as one matrix product over gathered input patches (same parameters
+    `kernel (kernel, channels, features)` and `bias (features,)`, same initializers)."""
+
+    features: int
+    kernel: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        length, channels = x.shape[-2], x.shape[-1]
+        shape = (self.kernel, channels, self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        # XLA's "SAME": ceil(length / stride) outputs, the padding split low-first.
+        out = -(-length // self.stride)
+        pad = max((out - 1) * self.stride + self.kernel - length, 0)
+        x = jnp.pad(x, ((0, 0), (pad // 2, pad - pad // 2), (0, 0)))
+        last = (out - 1) * self.stride + 1
+        patches = jnp.stack(
+            [x[:, j : j + last : self.stride] for j in range(self.kernel)], axis=2
+        )  # (batch, out, kernel, channels)
+        return jnp.einsum("bokc,kcf->bof", patches, kernel) + bias[None, None, :]
+
+
+class PatchCNN1D(nn.Module):
+    """`CNN1D` with its convolutions written as matrix products over input patches.
+
+    The same network as `CNN1D` (same parameter tree, so `CNN1D().init` and
+    `PatchCNN1D().init` give the same parameters from the same key, and the same logits up
+    to float rounding), but several times faster on CPU, and it stays fast under
+    `jax.vmap` over independent parameter sets (seeds), where a vmapped `nn.Conv` becomes a
+    slow grouped convolution.
+
+    Attributes:
+      num_classes: number of output logits.
+      features: channels of the convolutions, one layer each.
+    """
+
+    num_classes: int = 10
+    features: Sequence[int] = (32, 32, 32)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Logits `(batch, num_classes)` of signals `(batch, length)` or `(batch, length, c)`."""
+        if x.ndim == 2:
+            x = x[..., None]
+        for layer, channels in enumerate(self.features):
+            kernel = 5 if layer == 0 else 3
+            x = nn.relu(_PatchConv1D(channels, kernel, 2, name=f"Conv_{layer}")(x))
         x = x.reshape(x.shape[0], -1)
         return nn.Dense(self.num_classes)(x)
 
