@@ -80,7 +80,13 @@ from algorithms.sweeps import FORMS, basin_success, wilson_interval
 from dynamics.coupling import MeanField
 from dynamics.landscapes import AbstractLandscape, OffsetMultiWell, Rastrigin, TiltedMultiWell
 
-from .harness.contract import claim_greater, claim_less, mean_interval, proportion_interval
+from .harness.contract import (
+    claim_greater,
+    claim_less,
+    mean_interval,
+    proportion_interval,
+    worst_cell,
+)
 
 NAME = "nonconvex_stabilization"
 DESCRIPTION = "Coupled agents stay in the global well at noise levels that scatter uncoupled ones"
@@ -274,15 +280,6 @@ def _claimed(results, config) -> np.ndarray:
     return np.flatnonzero(np.asarray(results["gains"]) >= config.claim_min_gain)
 
 
-def _weakest(values, intervals):
-    """A "for every gain" claim's value and interval: the smallest value and the smallest
-    lower and upper bounds (holds iff every interval clears a lower target; fails iff one
-    whole interval misses it)."""
-    lo = min(iv[0] for iv in intervals)
-    hi = min(iv[1] for iv in intervals)
-    return min(values), (lo, hi)
-
-
 def _analysis(results, config, name, form) -> dict:
     """The claim point's numbers on one landscape and form (see the module docstring)."""
     tag = f"{name}_{form}"
@@ -298,9 +295,9 @@ def _analysis(results, config, name, form) -> dict:
     ]
     return {
         "uncoupled_mean_success": proportion_interval(int(runs["success"][0].sum()), num_runs),
-        "coupled_mean_success": _weakest([p for p, _ in rate], [iv for _, iv in rate]),
-        "agent_success_gain": _weakest([m for m, _ in agent_gain], [iv for _, iv in agent_gain]),
-        "time_avg_loss_gain": _weakest([m for m, _ in loss_gain], [iv for _, iv in loss_gain]),
+        "coupled_mean_success": worst_cell(rate, claim="greater"),
+        "agent_success_gain": worst_cell(agent_gain, claim="greater"),
+        "time_avg_loss_gain": worst_cell(loss_gain, claim="greater"),
         "uncoupled_agent_success": float(runs["agent_success"][0].mean()),
         "coupled_agent_success": float(runs["agent_success"][coupled].mean(-1).min()),
         "uncoupled_time_avg_loss": float(runs["time_avg_loss"][0].mean()),

@@ -348,6 +348,43 @@ def test_gem_formula_by_hand(clamp):
     assert float(new_state.pi_median) == pytest.approx(float(np.median(pis)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gem_median_without_sort_matches_numpy(dtype):
+    from algorithms.asynchrony.server import _median
+
+    rng = np.random.default_rng(0)
+    cases = [rng.normal(size=n) for n in (1, 2, 3, 4, 7, 10, 501, 1000)]
+    cases += [np.clip(rng.normal(size=1000), 0.0, 5.0), np.round(rng.normal(size=999))]
+    cases += [np.array([-0.0, 0.0, 0.0, -0.0]), np.array([np.inf, -np.inf, 1.0, 2.0, np.inf])]
+    cases += [np.array([3.0, 3.0, 3.0, 3.0]), np.array([-1e30, 1e-30, -1e-30, 1e30])]
+    for x in cases:
+        x = x.astype(dtype)
+        np.testing.assert_equal(float(_median(jnp.asarray(x))), float(np.median(x)))
+    assert np.isnan(float(_median(jnp.asarray(np.array([1.0, np.nan, 2.0], dtype)))))
+
+
+def test_gem_with_traced_kappa_and_clamp_equals_concrete_rules():
+    """κ and the clamp bounds may be vmapped lane parameters; (−inf, inf) clips nothing."""
+    theta = jnp.array([1.0, -1.0, 0.5])
+    g = jnp.array([[2.0, -1.0, 4.0], [-1.0, 0.5, 0.1]])
+    ex = _extras([1, 3], np.array([[0.9, -1.0, 0.0], [1.2, -0.7, 0.5]]), [2, 1])
+    m_prev = jnp.array([[0.0, 0.0, 0.0], [0.3, -0.2, 0.05], [1.0, 1.0, 1.0]])
+
+    def step(kappa, lo, hi, clamp=True):
+        rule = asy.gem(0.1, 3, kappa=kappa, clamp=(lo, hi) if clamp else None)
+        state = rule.init(theta)._replace(velocity=m_prev)
+        out, new = rule.update(g, state, theta, **ex)
+        return out, new.velocity, new.pi_median
+
+    lanes = (jnp.array([1.0, 4.0, 1.0]), jnp.array([0.0, 0.0, -jnp.inf]),
+             jnp.array([5.0, 5.0, jnp.inf]))  # fmt: skip
+    batched = jax.vmap(step)(*lanes)
+    concrete = [step(1.0, 0.0, 5.0), step(4.0, 0.0, 5.0), step(1.0, 0.0, 0.0, clamp=False)]
+    for lane, expected in enumerate(concrete):
+        for got, want in zip(batched, expected):
+            np.testing.assert_allclose(np.asarray(got[lane]), np.asarray(want), rtol=1e-12)
+
+
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_dc_asgd_formula_by_hand(adaptive):
     eta, lam, decay, eps = 0.1, 0.04, 0.95, 1e-7
@@ -647,22 +684,58 @@ def test_record_every_matches_subsampled_per_step_records(getkey):
 
 # ----------------------------------------------------------------------------- experiments
 
+
+def test_staleness_aware_schedule_and_staleness_counts():
+    """The paper's rate drops at fixed fractions of the run, and its α0/τ on their count is
+    α0/(τ + 1) on ours ("paper"), against α0/max(τ, 1) on ours ("ours")."""
+    from experiments import staleness_aware as sa
+
+    config = sa.Config(lr_drops=(0.5, 0.75), lr_drop_factor=0.1, learning_rate=0.2)
+    schedule = sa.learning_rate_schedule(config, 100)
+    rates = np.array([float(schedule(k)) for k in (0, 49, 50, 74, 75, 99)])
+    np.testing.assert_allclose(rates, [0.2, 0.2, 0.02, 0.02, 0.002, 0.002], rtol=1e-6)
+    assert sa.learning_rate_schedule(sa.Config(lr_drops=()), 100) == sa.Config().learning_rate
+    g = jnp.ones((3, 1))
+    ex = _extras([0, 1, 4], jnp.zeros((3, 1)), [0, 1, 2])
+    for count, alphas in [("paper", [1.0, 1 / 2, 1 / 5]), ("ours", [1.0, 1.0, 1 / 4])]:
+        rule = sa._aware_rule(sa.Config(staleness_count=count), 0.6)
+        step, _ = rule.update(g, rule.init(jnp.zeros(1)), jnp.zeros(1), **ex)
+        np.testing.assert_allclose(float(step[0]), -0.6 * np.mean(alphas), rtol=1e-12)
+    with pytest.raises(ValueError, match="staleness_count"):
+        sa.Config(staleness_count="zhang")
+    with pytest.raises(ValueError, match="lr_drops"):
+        sa.Config(lr_drops=(0.9, 0.5))
+
+
+def test_gem_scaling_pi_at_matched_loss_averages_the_steps_in_the_band():
+    from experiments import gem_scaling as gs
+
+    values = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    loss = np.array([[2.0, 1.4, 1.0, 0.5], [2.0, 1.9, 1.8, 1.7]])
+    got = gs._in_band(values, loss, (1.0, 1.5))
+    assert got[0] == 2.5 and np.isnan(got[1])  # steps 1 and 2; the second run never enters
+    with pytest.raises(ValueError, match="pi_loss_band"):
+        gs.Config(pi_loss_band=(1.5, 1.0))
+
+
 TINY = {
     "delay_stability": dict(
         tau_max=2, num_steps=200, bisection_iters=5, grid_points=5, grid_steps=50
     ),
     "gem_scaling": dict(
         workers=(2, 3),
-        worker_steps=20,
-        kappas=(1.0,),
+        steps_per_worker=4,
+        compare_workers=3,
+        kappas=(1.0, 2.0),
+        kappa_turnover=2.0,
         kappa_workers=2,
         model="mlp",
-        seeds=1,
-        windows=4,
+        seeds=2,
+        windows=2,
         batch_size=8,
     ),
     "staleness_aware": dict(
-        num_workers=4, softsync=(1, 4), epochs=0.05, evals=2, features=(4,), seeds=1
+        num_workers=4, softsync=(1, 4), epochs=0.05, evals=2, features=(4,), seeds=2
     ),
     "async_generalization": dict(
         tau_maxes=(0, 2),

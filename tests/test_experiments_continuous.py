@@ -200,7 +200,7 @@ def test_worst_cell_interval_gives_three_verdicts(values, verdict):
     value, interval = noise_reduction._worst_abs(np.array(values), se)
     assert claim_less("c", "", value, 0.1, interval=interval).verdict == verdict
     abs_values = np.abs(values)
-    value, interval = smoothing._worst(abs_values, abs_values - 2 * se, abs_values + 2 * se)
+    value, interval = smoothing._every_cell(abs_values, abs_values - 2 * se, abs_values + 2 * se)
     assert claim_less("c", "", value, 0.1, interval=interval).verdict == verdict
     value, interval = noise_reduction._worst_abs(np.array([np.nan, 0.0]), se)
     assert interval is None and claim_less("c", "", value, 0.1).verdict == "fails"

@@ -202,6 +202,47 @@ def delay_scaled_learning_rate(
     return learning_rate / (tau_max + 1)
 
 
+def _order_key(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Integers with the order of the floats `x` (not NaN): the bit pattern, with the magnitude
+    bits of negative numbers flipped. Returns the keys and the flip mask (its own inverse)."""
+    itype = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, itype)
+    mask = jnp.array(np.iinfo(np.dtype(itype)).max, itype)
+    return jnp.where(bits < 0, bits ^ mask, bits), mask
+
+
+def _median(x: jax.Array) -> jax.Array:
+    """`jnp.median` of all elements of a float array without sorting them.
+
+    Bisection over the floats' order-preserving integer keys finds the order statistics (one
+    counting pass per bit, O(bits × size) work), several times cheaper than XLA's sort on
+    CPU; NaN anywhere gives NaN, as in `jnp.median`.
+    """
+    x = jnp.ravel(x)
+    n = x.size
+    key, mask = _order_key(x)
+    rank = n // 2 + 1 if n % 2 else n // 2  # 1-based rank of the (lower) middle element
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # ⌊(lo + hi)/2⌋ without overflow
+        enough = jnp.sum(key <= mid) >= rank
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    lower, _ = jax.lax.fori_loop(0, 8 * x.dtype.itemsize, halve, (key.min(), key.max()))
+
+    def value(k):
+        return jax.lax.bitcast_convert_type(jnp.where(k < 0, k ^ mask, k), x.dtype)
+
+    if n % 2:
+        middle = value(lower)
+    else:
+        above = jnp.min(jnp.where(key > lower, key, key.max()))
+        upper = jnp.where(jnp.sum(key <= lower) > rank, lower, above)
+        middle = (value(lower) + value(upper)) / 2
+    return jnp.where(jnp.any(jnp.isnan(x)), jnp.nan, middle).astype(x.dtype)
+
+
 class GEMState(NamedTuple):
     """State holding each worker's proxy velocity m (leaves `(W, ...)`), the median of the
     last applied π (a diagnostic) and the number of server updates (for a schedule)."""
@@ -229,16 +270,21 @@ def gem(
         step = (1/c) Σ_l π_l ⊙ Δθ_l.
 
     θ is the current central variable (`params`), s_l the arrival's snapshot. The worker-local
-    m of the paper lives here, indexed by `worker`; memory O(W × params).
+    m of the paper lives here, indexed by `worker` (the c arriving workers are distinct, as in
+    `run_pool`); memory O(W × params), updated in place (O(c × params) per update).
 
     Args:
       learning_rate: η > 0, or an Optax schedule of the server update k.
       num_workers: W >= 1 (rows of the velocity state).
       momentum: μ of the proxy (sequential momentum SGD), in [0, 1).
-      kappa: κ > 0, the energy-matching factor (1 in the paper; > 3 diverges there).
+      kappa: κ > 0, the energy-matching factor (1 in the paper, whose κ sweep found κ = 4
+        suboptimal and even divergent); may be an array (traced under `vmap`).
       eps: ε > 0 in the denominator.
-      clamp: `(lo, hi)` to clip π (the authors' code uses (0, 5)), or None for no clamp.
-      track_median: record the median of the applied π over all elements in the state.
+      clamp: `(lo, hi)` to clip π (the authors' code uses (0, 5)), or None for no clamp
+        (Algorithm 1). The bounds may be arrays (e.g. traced under `vmap`, so clamped and
+        unclamped runs share one program: `(−inf, inf)` clips nothing and equals None).
+      track_median: record the median of the applied π over all elements in the state (a
+        bisection, O(32 × params) per update; False saves it).
       initial_velocity: the proxy velocities m to start from (leaves `(W, ...)` like the
         params with a worker axis, e.g. `GEMState.velocity` of an earlier run); default 0.
     """
@@ -249,8 +295,12 @@ def gem(
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     _check_positive(kappa, "kappa")
     _check_positive(eps, "eps")
-    if clamp is not None and not clamp[0] <= clamp[1]:
-        raise ValueError(f"clamp must be (lo, hi) with lo <= hi, got {clamp!r}")
+    if clamp is not None:
+        if len(clamp) != 2:
+            raise ValueError(f"clamp must be (lo, hi) or None, got {clamp!r}")
+        concrete = all(isinstance(b, (int, float, np.integer, np.floating)) for b in clamp)
+        if concrete and not clamp[0] <= clamp[1]:
+            raise ValueError(f"clamp must be (lo, hi) with lo <= hi, got {clamp!r}")
 
     def init_fn(params):
         zeros = jax.tree.map(lambda p: jnp.zeros((num_workers,) + jnp.shape(p), p.dtype), params)
@@ -277,11 +327,14 @@ def gem(
 
         def one_leaf(g, m_all, theta, s):
             delta = -eta * g  # (c, ...)
-            m = momentum * m_all[worker] + delta
+            m_all = m_all.at[worker].set(momentum * m_all[worker] + delta)
+            # Read m back from the updated rows (the workers are distinct): using the value
+            # computed from the old rows after the scatter would make XLA copy all W rows.
+            m = m_all[worker]
             pi = (kappa * jnp.abs(m) - jnp.abs(theta[None] - s)) / (jnp.abs(delta) + eps)
             if clamp is not None:
                 pi = jnp.clip(pi, clamp[0], clamp[1])
-            return jnp.mean(pi * delta, axis=0), m_all.at[worker].set(m), pi
+            return jnp.mean(pi * delta, axis=0), m_all, pi
 
         out = jax.tree.map(one_leaf, updates, state.velocity, params, snapshot)
         treedef = jax.tree.structure(updates)
@@ -289,7 +342,7 @@ def gem(
         step = treedef.unflatten([o[0] for o in leaves])
         velocity = treedef.unflatten([o[1] for o in leaves])
         if track_median:
-            pi_median = jnp.median(jnp.concatenate([jnp.ravel(o[2]) for o in leaves]))
+            pi_median = _median(jnp.concatenate([jnp.ravel(o[2]) for o in leaves]))
         else:
             pi_median = state.pi_median
         pi_median = pi_median.astype(state.pi_median.dtype)

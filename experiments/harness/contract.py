@@ -41,6 +41,7 @@ __all__ = [
     "claim_less",
     "mean_interval",
     "proportion_interval",
+    "worst_cell",
 ]
 
 VERDICTS = ("holds", "fails", "inconclusive")
@@ -91,6 +92,8 @@ def _interval(interval) -> tuple[float, float] | None:
     if interval is None:
         return None
     lo, hi = (float(v) for v in interval)
+    if math.isnan(lo) or math.isnan(hi):
+        return None  # e.g. `mean_interval` of a diverged (NaN) run: decided on the value
     if not lo <= hi:
         raise ValueError(f"interval must be (lo, hi) with lo <= hi, got {interval!r}")
     return lo, hi
@@ -162,3 +165,31 @@ def proportion_interval(successes, n: int, z: float = 1.96) -> tuple[float, tupl
     centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
     return p, (max(centre - half, 0.0), min(centre + half, 1.0))
+
+
+def worst_cell(stats, *, claim: str) -> tuple[float, tuple[float, float] | None]:
+    """The value and interval of a "for every cell" claim from each cell's `(value, (lo, hi))`
+    (e.g. `mean_interval` or `proportion_interval` of each N, k or W).
+
+    `claim="less"` (every cell below a bound): the largest value, with the interval (largest
+    lower end, largest upper end). It lies wholly below the bound iff every cell's interval
+    does, and wholly above iff some cell's does, so the three verdicts carry over.
+    `claim="greater"` (every cell above a bound): the smallest value, smallest ends.
+    A NaN value (a diverged protocol) makes the value NaN, which fails; a NaN end makes the
+    interval None (the claim is decided on its value); infinite ends (one seed) stay, so the
+    verdict is inconclusive unless the value itself is infinite.
+    """
+    if claim not in ("less", "greater"):
+        raise ValueError(f"claim must be 'less' or 'greater', got {claim!r}")
+    stats = [(float(v), (float(iv[0]), float(iv[1]))) for v, iv in stats]
+    if not stats:
+        raise ValueError("worst_cell needs at least one cell")
+    pick = max if claim == "less" else min
+    values = np.array([v for v, _ in stats])
+    ends = np.array([iv for _, iv in stats])
+    if np.any(np.isnan(values)):
+        return math.nan, None
+    value = float(pick(values))
+    if np.any(np.isnan(ends)):
+        return value, None
+    return value, (float(pick(ends[:, 0])), float(pick(ends[:, 1])))
