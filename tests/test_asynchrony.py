@@ -353,7 +353,7 @@ def test_gem_median_without_sort_matches_numpy(dtype):
     from algorithms.asynchrony.server import _median
 
     rng = np.random.default_rng(0)
-    cases = [rng.normal(size=n) for n in (1, 2, 3, 4, 7, 10, 501, 1000)]
+    cases = [rng.normal(size=n) for n in (1, 2, 3, 10, 501)]  # odd and even sizes
     cases += [np.clip(rng.normal(size=1000), 0.0, 5.0), np.round(rng.normal(size=999))]
     cases += [np.array([-0.0, 0.0, 0.0, -0.0]), np.array([np.inf, -np.inf, 1.0, 2.0, np.inf])]
     cases += [np.array([3.0, 3.0, 3.0, 3.0]), np.array([-1e30, 1e-30, -1e-30, 1e30])]

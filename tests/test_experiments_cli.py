@@ -28,7 +28,10 @@ def test_list_names_every_experiment(capsys):
         assert module.NAME in out and module.DESCRIPTION in out
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+# noise_reduction also runs end to end in test_reliability (killed and resumed): slow here.
+@pytest.mark.parametrize(
+    "name", [pytest.param("noise_reduction", marks=pytest.mark.slow), "continuous_vs_discrete"]
+)
 def test_run_writes_the_contract_files_and_reuses_them(name, tmp_path, capsys):
     args = ["run", name, "--quick", "--out", str(tmp_path), "--seed", "3", *_sets(name)]
     assert main(args) == 0

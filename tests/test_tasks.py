@@ -406,11 +406,14 @@ def test_patch_cnn1d_is_cnn1d(getkey, input_shape):
     params = tasks.CNN1D().init(key, x)
     _assert_trees_close(tasks.PatchCNN1D().init(key, x), params, rtol=0, atol=0)
     np.testing.assert_allclose(
-        tasks.PatchCNN1D().apply(params, x), tasks.CNN1D().apply(params, x), rtol=1e-5, atol=1e-5
+        jax.jit(tasks.PatchCNN1D().apply)(params, x),
+        jax.jit(tasks.CNN1D().apply)(params, x),
+        rtol=1e-5,
+        atol=1e-5,
     )
     y = jnp.arange(input_shape[0]) % 10
     grads = [
-        jax.grad(tasks.cross_entropy_loss(m))(params, x, y)
+        jax.jit(jax.grad(tasks.cross_entropy_loss(m)))(params, x, y)
         for m in (tasks.PatchCNN1D(), tasks.CNN1D())
     ]
     _assert_trees_close(*grads, rtol=1e-4, atol=1e-5)
