@@ -20,8 +20,14 @@ from .optimizers import (
     momentum_quorum_sgd,
     quorum_sgd,
 )
-from .oracles import agent_oracle, landscape_oracle, sde_matched_oracle
+from .oracles import (
+    agent_oracle,
+    landscape_oracle,
+    model_minibatch_oracle,
+    sde_matched_oracle,
+)
 from .runner import AgentState, run_agents
+from .svag import run_svag, svag, svag_coefficients, svag_learning_rate, svag_momentum
 from .sweeps import basin_success, wilson_interval
 
 __all__ = [
@@ -42,11 +48,17 @@ __all__ = [
     "euler_optimizer",
     "heavy_ball",
     "landscape_oracle",
+    "model_minibatch_oracle",
     "momentum_quorum_sgd",
     "quorum_sgd",
     "recorded_scan",
     "run_agents",
+    "run_svag",
     "sde_matched_oracle",
     "solve_discrete",
+    "svag",
+    "svag_coefficients",
+    "svag_learning_rate",
+    "svag_momentum",
     "wilson_interval",
 ]

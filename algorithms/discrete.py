@@ -68,9 +68,11 @@ def solve_discrete(
             save times; every save time must lie on the step grid `t0 + k h`. Default: every
             step, `t0, t0 + h, …, t1`.
         v0: initial velocities for the heavy-ball form (default zeros).
-        brownian: a Brownian path `(N, dim)` whose increments on the step grid are the
-            noise (as `solve(..., brownian=path)` uses it).
-        noise_table: `(K, N, dim)` standard normals `n_k`, K >= the number of steps.
+        brownian: a Brownian path of shape `system.brownian_shape(N)` (`(N, dim)` unless the
+            noise says otherwise) whose increments on the step grid are the noise (as
+            `solve(..., brownian=path)` uses it).
+        noise_table: `(K, *system.brownian_shape(N))` standard normals `n_k`, K >= the
+            number of steps.
 
     Returns:
         A `Solution`: `ts` `(T,)`, `x` `(T, N, dim)`, `v` `(T, N, dim)` (heavy ball) or None,

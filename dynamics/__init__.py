@@ -21,11 +21,13 @@ from .coupling import (
 from .landscapes import (
     AbstractLandscape,
     LogCoshQuadratic,
+    ModifiedLandscape,
     OffsetMultiWell,
     Quadratic,
     Rastrigin,
     TiltedMultiWell,
 )
+from .network import MINIBATCH_NOISE_KINDS, MinibatchNoise, ModelLandscape
 from .noise import (
     AbstractNoise,
     CovarianceNoise,
@@ -33,6 +35,7 @@ from .noise import (
     IsotropicNoise,
     StateDependentNoise,
 )
+from .sme import sme2
 from .solve import Solution, solve, solve_runs, terms
 from .system import AgentState, CoupledSystem
 
@@ -48,7 +51,11 @@ __all__ = [
     "Leader",
     "LossWeightedGains",
     "LogCoshQuadratic",
+    "MINIBATCH_NOISE_KINDS",
     "MeanField",
+    "MinibatchNoise",
+    "ModelLandscape",
+    "ModifiedLandscape",
     "Quadratic",
     "Quorum",
     "Rastrigin",
@@ -63,6 +70,7 @@ __all__ = [
     "elastic",
     "solve",
     "solve_runs",
+    "sme2",
     "step_normal",
     "success_weights",
     "terms",

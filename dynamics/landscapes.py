@@ -23,6 +23,7 @@ __all__ = [
     "OffsetMultiWell",
     "Rastrigin",
     "LogCoshQuadratic",
+    "ModifiedLandscape",
 ]
 
 
@@ -375,3 +376,83 @@ class LogCoshQuadratic(AbstractLandscape):
 
     def curvature_bounds(self):
         return self.strong_convexity, self.strong_convexity + 1.0
+
+
+class ModifiedLandscape(AbstractLandscape):
+    """The modified loss of SGD with learning rate lr: `f̃ = f + (lr/4) ‖∇f‖²`.
+
+    This is the drift potential of the stochastic modified equation of order 2 (SME-2) of Li,
+    Tai & E (*Stochastic modified equations and adaptive stochastic gradient algorithms*,
+    ICML 2017): SGD `x_{k+1} = x_k − lr (∇f(x_k) + ξ_k)`, Cov ξ = Σ, is a weak order-2
+    approximation of
+
+        dX = −∇f̃(X) dt + √lr Σ^{1/2}(X) dW,      ∇f̃ = ∇f + (lr/2) ∇²f ∇f,      t = k·lr,
+
+    where the plain SDE (drift −∇f) is only weak order 1. The correction is that of backward
+    error analysis: one gradient step `x − lr ∇f(x)` equals, up to O(lr³), the gradient flow
+    of f̃ run for time lr.
+
+    Units in this library: in `CoupledSystem(f̃, gradient_scale=η)` stepped by
+    `euler_optimizer(system, h)` the SGD learning rate is `lr = h·η` (h the step in time,
+    time t = k·h), so `learning_rate` must be `h·η`, the lr of the optimizer actually run, not
+    η; `dynamics.sme2(system, h)` builds exactly that system. The correction depends on lr
+    only, not on how time is counted.
+
+    `value` and `grad` act on one agent's `(dim,)`; `grad` costs one gradient and one
+    Hessian-vector product (`jax.linearize` of the base's `grad`, evaluated at ∇f); no Hessian
+    is formed.
+
+    Minimizer and curvature:
+    - `minimizer()` is the base's x*: `f̃ ≥ f` with equality where ∇f = 0, so
+      `min f̃ = f(x*) = f̃(x*)`. If `λ_min(∇²f) > −2/lr` everywhere, `I + (lr/2)∇²f` is
+      positive definite and f̃ has exactly f's critical points; otherwise f̃ has extra ones
+      where ∇f is an eigenvector of ∇²f with eigenvalue −2/lr.
+    - `curvature_bounds()`: ∇²f̃ = ∇²f + (lr/2)((∇²f)² + ∇³f[∇f]) involves the third
+      derivative, which the base's (m, L) do not bound; stated only for a `Quadratic` base,
+      whose f̃ is the quadratic `½ (x − c)ᵀ (A + (lr/2) A²) (x − c)` with eigenvalues
+      `a + (lr/2) a²`. Any other base raises NotImplementedError.
+    - `in_global_basin` is the base's (the same global well; for the separable landscapes
+      the wells' ends, local maxima of f, are critical points of f̃ too).
+
+    Args:
+        base: the loss f.
+        learning_rate: lr > 0, the SGD learning rate per step (for a `CoupledSystem`: `h·η`).
+    """
+
+    base: AbstractLandscape
+    learning_rate: float = eqx.field(static=True)
+    dim: int = eqx.field(static=True)
+
+    def __init__(self, base: AbstractLandscape, learning_rate: float):
+        if not isinstance(base, AbstractLandscape):
+            raise TypeError(f"base must be an AbstractLandscape, got {type(base)}")
+        lr = float(learning_rate)
+        if not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"learning_rate (lr = h·η) must be > 0, got {learning_rate!r}")
+        self.base, self.learning_rate, self.dim = base, lr, base.dim
+
+    def value(self, x):
+        g = self.base.grad(x)
+        return self.base.value(x) + 0.25 * self.learning_rate * jnp.sum(g * g)
+
+    def grad(self, x):
+        # One primal gradient and one forward-mode HVP ∇²f·∇f (never the Hessian).
+        g, hvp = jax.linearize(self.base.grad, x)
+        return g + 0.5 * self.learning_rate * hvp(g)
+
+    def minimizer(self):
+        return self.base.minimizer()
+
+    def curvature_bounds(self):
+        if isinstance(self.base, Quadratic):
+            ev = self.base.eigenvalues()
+            mod = ev + 0.5 * self.learning_rate * ev**2
+            return float(mod.min()), float(mod.max())
+        raise NotImplementedError(
+            f"curvature bounds of the SME-2 loss of {type(self.base).__name__} are not known: "
+            "∇²f̃ = ∇²f + (lr/2)((∇²f)² + ∇³f[∇f]) needs a bound on the third derivative "
+            "(stated only for a Quadratic base)"
+        )
+
+    def in_global_basin(self, x):
+        return self.base.in_global_basin(x)

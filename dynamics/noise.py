@@ -1,9 +1,12 @@
 """Gradient-noise models: the diffusion `σ(x)` that multiplies a standard Brownian increment.
 
 Each model maps one agent's state `x` (shape `(dim,)`) and a standard normal (or Brownian)
-increment `n` (shape `(dim,)`) to `σ(x) n` (shape `(dim,)`); it is linear in `n`. The same
-model is the SDE's diffusion and, divided by `η sqrt(h)`, the discrete gradient noise
-(see `algorithms.oracles`).
+increment `n` to `σ(x) n` (shape `(dim,)`); it is linear in `n`. The increment's shape is the
+model's `brownian_shape(dim)`: `(dim,)` for every model here, but a model may drive the agent
+with a Brownian motion of another dimension (`dynamics.network.MinibatchNoise` with
+`kind="exact"` uses one Brownian coordinate per training example, `(n,)`), so σ(x) is a
+`dim × m` matrix, `m = prod(brownian_shape(dim))`. The same model is the SDE's diffusion and,
+divided by `η sqrt(h)`, the discrete gradient noise (see `algorithms.oracles`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,25 @@ class AbstractNoise(eqx.Module):
     """Diffusion `σ(x)`: `apply(x, n) = σ(x) n` for one agent."""
 
     @abc.abstractmethod
-    def apply(self, x: Float[Array, " dim"], n: Float[Array, " dim"]) -> Float[Array, " dim"]:
-        """`σ(x) n`, shape `(dim,)`."""
+    def apply(self, x: Float[Array, " dim"], n: Float[Array, "*brownian"]) -> Float[Array, " dim"]:
+        """`σ(x) n`, shape `(dim,)`; `n` has shape `brownian_shape(dim)`."""
+
+    def brownian_shape(self, dim: int) -> tuple[int, ...]:
+        """Shape of one agent's Brownian increment `n` (default `(dim,)`, σ square).
+
+        `CoupledSystem.brownian_shape`, `dynamics.solve`'s Brownian paths, the noise of
+        `algorithms.landscape_oracle` / `sde_matched_oracle` and `theory.linearize` all take
+        the increment's shape from here.
+        """
+        return (dim,)
+
+    def check_system(self, landscape, gradient_scale: float) -> None:
+        """Raise if this noise cannot drive agents on `landscape` with gradient scale η.
+
+        Called by `CoupledSystem`; the default checks the dimension only.
+        """
+        del gradient_scale
+        self.check_dim(landscape.dim)
 
     @abc.abstractmethod
     def covariance(self, dim: int) -> np.ndarray:

@@ -41,7 +41,9 @@ def terms(system: CoupledSystem, brownian: diffrax.AbstractBrownianPath | None):
 
     def diffusion(t, y, args):
         del args
-        structure = jax.eval_shape(lambda: y.x)
+        # The operator maps dW (shape `brownian_shape(N)`, not necessarily the state's) to
+        # the state's increment.
+        structure = jax.ShapeDtypeStruct(system.brownian_shape(y.x.shape[0]), y.x.dtype)
         return lx.FunctionLinearOperator(lambda dw: system.diffusion(t, y, dw), structure)
 
     return diffrax.MultiTerm(drift, diffrax.ControlTerm(diffusion, brownian))
@@ -88,8 +90,9 @@ def solve(
         saveat: number of equally spaced save times, an array of times, or a `diffrax.SaveAt`.
         brownian: "step" (`StepBrownianPath`, fast, fixed steps only, shares its numbers with
             the discrete form), "tree" (`diffrax.VirtualBrownianTree` with tolerance h/8,
-            for adaptive steps), or a Brownian path of shape `(N, dim)` to use as given
-            (e.g. one tree shared by solves at several step sizes).
+            for adaptive steps), or a Brownian path of shape `system.brownian_shape(N)`
+            (`(N, dim)` unless the noise says otherwise) to use as given (e.g. one tree
+            shared by solves at several step sizes).
         adaptive: use a PID step-size controller (`rtol`, `atol`); the solver must give an
             error estimate (e.g. Heun) and `brownian` must be "tree" when noisy.
         max_steps: cap on solver steps; default: exact for fixed steps, 64× that if adaptive.
@@ -146,7 +149,7 @@ def _levy_area(solver):
 @eqx.filter_jit
 def _solve(system, state0, key, t0, t1, h, solver, save, brownian, adaptive, rtol, atol, max_steps):
     levy = _levy_area(solver)
-    shape = state0.x.shape
+    shape = system.brownian_shape(state0.x.shape[0])
     if isinstance(brownian, diffrax.AbstractBrownianPath):
         path = brownian
     elif isinstance(brownian, str) and brownian == "step":

@@ -68,9 +68,9 @@ class CoupledSystem(eqx.Module):
         noise = IsotropicNoise(0.0) if noise is None else noise
         if not isinstance(noise, AbstractNoise):
             raise TypeError(f"noise must be an AbstractNoise, got {type(noise)}")
-        noise.check_dim(landscape.dim)
         if not np.isfinite(gradient_scale) or gradient_scale <= 0:
             raise ValueError(f"gradient_scale (η) must be > 0, got {gradient_scale!r}")
+        noise.check_system(landscape, gradient_scale)
         if damping is not None and (not np.isfinite(damping) or damping < 0):
             raise ValueError(f"damping (γ) must be >= 0 or None, got {damping!r}")
         self.landscape, self.coupling, self.noise = landscape, coupling, noise
@@ -117,8 +117,19 @@ class CoupledSystem(eqx.Module):
             return AgentState(v, accel - self.damping * v, aux_dot)
         return AgentState(accel, None, aux_dot)
 
+    def brownian_shape(self, num_agents: int) -> tuple[int, ...]:
+        """Shape of the Brownian increment dW of all agents: `(N, *noise.brownian_shape(dim))`.
+
+        `(N, dim)` for the square noise models; `(N, n)` for `MinibatchNoise(kind="exact")`
+        on n training examples.
+        """
+        return (int(num_agents), *self.noise.brownian_shape(self.landscape.dim))
+
     def diffusion(self, t, state: AgentState, dw: jax.Array) -> AgentState:
-        """`σ(x) dW` placed on x (first order) or on v (heavy ball); zero on aux."""
+        """`σ(x) dW` placed on x (first order) or on v (heavy ball); zero on aux.
+
+        `dw` has shape `brownian_shape(N)`; the result's x (or v) has shape `(N, dim)`.
+        """
         del t
         noise = jax.vmap(self.noise.apply)(state.x, dw)
         zero_aux = tree_zeros_like(state.aux)

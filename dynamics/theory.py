@@ -123,7 +123,10 @@ def linearize(system: CoupledSystem, *, num_agents: int) -> LinearSystem:
     """The coupled system linearized at every agent (and aux) at the minimizer x*.
 
     Uses `jax.jacfwd` of the system's own drift and diffusion, so the matrices describe
-    exactly the model that `solve` integrates (exact for quadratics and linear rules).
+    exactly the model that `solve` integrates (exact for quadratics and linear rules). Needs
+    the landscape's `minimizer()`: a `dynamics.ModelLandscape` (a network) has none and
+    raises NotImplementedError, so every function built on this one (`stationary_moments`,
+    `euler_map`, `linear_moments`) does not apply to networks.
     """
     if num_agents < 1:
         raise ValueError(f"num_agents must be >= 1, got {num_agents}")
@@ -132,7 +135,7 @@ def linearize(system: CoupledSystem, *, num_agents: int) -> LinearSystem:
     state0 = system.init(x0)
     flat0, unravel = ravel_pytree(state0)
     drift = jax.jacfwd(lambda y: ravel_pytree(system.drift(0.0, unravel(y)))[0])(flat0)
-    dw0 = jnp.zeros_like(x0)
+    dw0 = jnp.zeros(system.brownian_shape(num_agents), x0.dtype)
     diff = jax.jacfwd(lambda w: ravel_pytree(system.diffusion(0.0, state0, w))[0])(dw0)
     diff = np.asarray(diff).reshape(flat0.shape[0], -1)
     return LinearSystem(np.asarray(drift), diff, np.asarray(flat0), unravel)
