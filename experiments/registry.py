@@ -11,6 +11,7 @@ from . import (
     gem_scaling,
     noise_reduction,
     nonconvex_stabilization,
+    sde_weak_order,
     smoothing,
     staleness_aware,
 )
@@ -19,6 +20,7 @@ from .harness.cli import get as harness_get
 EXPERIMENTS = (
     noise_reduction,
     continuous_vs_discrete,
+    sde_weak_order,
     nonconvex_stabilization,
     convex_bounds,
     smoothing,
