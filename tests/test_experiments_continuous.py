@@ -13,6 +13,7 @@ from experiments import (
     convex_bounds,
     easgd_regularization,
     nonconvex_stabilization,
+    sde_weak_order,
     smoothing,
 )
 from experiments.harness.contract import Claim
@@ -52,6 +53,15 @@ TINY = {
     easgd_regularization: dict(
         learning_rates=(0.25,), rhos=(1.0,), num_train=100, num_steps=20, record_every=10, seeds=2
     ),
+    sde_weak_order: dict(
+        examples=8,
+        step_counts=(32, 64),
+        display_steps=4,
+        amplifications=(1, 2),
+        mc_amplification=2,
+        paths=64,
+        sde_refinement=2,
+    ),
 }
 KEYS = {
     nonconvex_stabilization: (
@@ -80,11 +90,30 @@ KEYS = {
         "mnist1d_easgd_eta0.25_rho1_worker",
         "mnist1d_easgd_eta0.25_rho1_diverged_step",
     ),
+    sde_weak_order: (
+        "sgd_loss",
+        "sde_loss",
+        "sme2_loss",
+        "svag_curves",
+        "sgd_mc_final_loss",
+        "sde_diverged_paths",
+        "svag_diverged_step",
+    ),
 }
 MODULES = tuple(TINY)
 
 
-@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.NAME)
+# End-to-end runs of experiments whose pieces other tests here already run (broadcast:
+# the neutral-rules test; convex_bounds: the control-variate, momentum-chain and claims
+# tests; nonconvex_stabilization: tests/test_landscapes_offset.py) are in `make test-slow`.
+COVERED_ELSEWHERE = {broadcast_success, convex_bounds, nonconvex_stabilization}
+
+
+@pytest.mark.parametrize(
+    "module",
+    [pytest.param(m, marks=pytest.mark.slow) if m in COVERED_ELSEWHERE else m for m in MODULES],
+    ids=lambda m: m.NAME,
+)
 def test_experiment_runs_on_tiny_config(module):
     with jax.enable_x64(False):
         config = dataclasses.replace(module.Config(), **TINY[module])
@@ -109,7 +138,7 @@ def test_quick_config_is_valid_and_bad_values_raise(module):
         dataclasses.replace(module.Config(), **{field: BAD[field]})
 
 
-BAD = {"runs": 1, "seeds": 1}
+BAD = {"runs": 1, "seeds": 1, "paths": 1}
 
 
 def test_broadcast_neutral_rules_equal_plain_quorum_in_the_experiment():
