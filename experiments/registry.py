@@ -14,6 +14,7 @@ from . import (
     sde_weak_order,
     smoothing,
     staleness_aware,
+    svag_networks,
 )
 from .harness.cli import get as harness_get
 
@@ -21,6 +22,7 @@ EXPERIMENTS = (
     noise_reduction,
     continuous_vs_discrete,
     sde_weak_order,
+    svag_networks,
     nonconvex_stabilization,
     convex_bounds,
     smoothing,

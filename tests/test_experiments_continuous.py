@@ -15,6 +15,7 @@ from experiments import (
     nonconvex_stabilization,
     sde_weak_order,
     smoothing,
+    svag_networks,
 )
 from experiments.harness.contract import Claim
 
@@ -62,6 +63,18 @@ TINY = {
         paths=64,
         sde_refinement=2,
     ),
+    svag_networks: dict(
+        num_train=32,
+        hidden=(),
+        learning_rates=(0.25, 0.5),
+        time=1.0,
+        records=2,
+        amplifications=(2,),
+        sde_refinement=2,
+        seeds=2,
+        coupled=False,
+        measure_step_costs=False,
+    ),
 }
 KEYS = {
     nonconvex_stabilization: (
@@ -99,6 +112,7 @@ KEYS = {
         "sde_diverged_paths",
         "svag_diverged_step",
     ),
+    svag_networks: ("train_loss", "test_acc", "diverged", "wall_seconds", "step_cost_sgd"),
 }
 MODULES = tuple(TINY)
 
