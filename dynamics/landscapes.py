@@ -140,7 +140,32 @@ def _interval_basin(f1d, x_star: float, period: float) -> tuple[float, float]:
     return float(grid[left]), float(grid[right])
 
 
-class TiltedMultiWell(AbstractLandscape):
+class _SeparableWells(AbstractLandscape):
+    """A separable landscape whose wells repeat with period 1 in every coordinate:
+    subclasses give the 1-D loss `_f1d` and its global minimizer `_star_1d`; x* and the
+    global basin (a box) follow from them."""
+
+    @abc.abstractmethod
+    def _f1d(self, x):
+        """The loss of one coordinate (f is its sum over coordinates, up to a constant)."""
+
+    @abc.abstractmethod
+    def _star_1d(self) -> float:
+        """The global minimizer of `_f1d`."""
+
+    def minimizer(self):
+        return jnp.full((self.dim,), self._star_1d())
+
+    def basin_1d(self) -> tuple[float, float]:
+        """The interval `(lo, hi)` of the global well in each coordinate."""
+        return _interval_basin(self._f1d, self._star_1d(), 1.0)
+
+    def in_global_basin(self, x):
+        lo, hi = self.basin_1d()
+        return jnp.all((x > lo) & (x < hi), axis=-1)
+
+
+class TiltedMultiWell(_SeparableWells):
     """Separable tilted multi-well: `f(x) = Σ_j [q x_j² + A sin²(π x_j) + t x_j]`.
 
     With the defaults (`q = 1/20`, `A = 1`, `t = 0`) and `dim = 1` this is the papers'
@@ -178,23 +203,12 @@ class TiltedMultiWell(AbstractLandscape):
         grid = np.linspace(-20, 20, 400001)
         return float(grid[np.argmin(self._f1d(grid))])
 
-    def minimizer(self):
-        return jnp.full((self.dim,), self._star_1d())
-
-    def basin_1d(self) -> tuple[float, float]:
-        """The interval `(lo, hi)` of the global well in each coordinate."""
-        return _interval_basin(self._f1d, self._star_1d(), 1.0)
-
-    def in_global_basin(self, x):
-        lo, hi = self.basin_1d()
-        return jnp.all((x > lo) & (x < hi), axis=-1)
-
     def curvature_bounds(self):
         c = 2 * math.pi**2 * self.amplitude
         return 2 * self.quadratic - c, 2 * self.quadratic + c
 
 
-class OffsetMultiWell(AbstractLandscape):
+class OffsetMultiWell(_SeparableWells):
     """Multi-well whose global well sits away from the envelope's minimum.
 
     `f(x) = Σ_j [q x_j² + A sin²(π x_j) − D exp(−(x_j − c)² / (2 s²))]`. The envelope
@@ -276,17 +290,6 @@ class OffsetMultiWell(AbstractLandscape):
             if abs(step) < 1e-14:
                 break
         return x
-
-    def minimizer(self):
-        return jnp.full((self.dim,), self._star_1d())
-
-    def basin_1d(self) -> tuple[float, float]:
-        """The interval `(lo, hi)` of the global well in each coordinate."""
-        return _interval_basin(self._f1d, self._star_1d(), 1.0)
-
-    def in_global_basin(self, x):
-        lo, hi = self.basin_1d()
-        return jnp.all((x > lo) & (x < hi), axis=-1)
 
     def curvature_bounds(self):
         c = 2 * math.pi**2 * self.amplitude
