@@ -85,7 +85,6 @@ def test_config_rejects_bad_grids():
         dict(learning_rates=(0.25, 0.05)),
         dict(time=20.5),
         dict(records=7),
-        dict(sde_refinement=4),
         dict(amplifications=(1, 2)),
         dict(seeds=1),
     ):

@@ -83,7 +83,8 @@ def test_mnist1d_deterministic_and_subsampled():
     np.testing.assert_allclose(full.x_train * raw_x.std() + raw_x.mean(), raw_x, atol=1e-5)
 
 
-def test_mnist1d_leaves_global_random_state_alone():
+def test_mnist1d_leaves_global_random_state_alone(monkeypatch):
+    monkeypatch.setenv("COUPLED_SGD_CACHE", "")  # generate, do not read the disk cache
     datasets_module._generate_mnist1d.cache_clear()
     np.random.seed(123)
     random.seed(123)
@@ -92,6 +93,39 @@ def test_mnist1d_leaves_global_random_state_alone():
     np.random.seed(123)
     random.seed(123)
     assert after == (np.random.rand(), random.random())
+
+
+def test_mnist1d_disk_cache_round_trip_and_bad_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("COUPLED_SGD_CACHE", str(tmp_path))
+    path = datasets_module.mnist1d_cache_path()
+    assert path.startswith(str(tmp_path)) and path.endswith(".npz")
+    generated = datasets_module._make_mnist1d()
+    datasets_module._generate_mnist1d.cache_clear()
+    try:
+        first = datasets_module._generate_mnist1d()  # generates and writes the file
+        assert os.path.exists(path)
+        for a, b in zip(first, generated):
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == b.dtype
+        datasets_module._generate_mnist1d.cache_clear()
+        cached = datasets_module._read_mnist1d_cache(path)
+        for a, b in zip(cached, generated):
+            np.testing.assert_array_equal(a, b)
+        # A truncated or foreign file is not trusted: it is regenerated and rewritten.
+        with open(path, "wb") as f:
+            f.write(b"not an npz")
+        assert datasets_module._read_mnist1d_cache(path) is None
+        np.savez(path, x=np.zeros((3, 40)), y=np.zeros(3, np.int32), x_test=np.zeros((1, 40)),
+                 y_test=np.zeros(1, np.int32))  # fmt: skip
+        assert datasets_module._read_mnist1d_cache(path) is None
+        again = datasets_module._generate_mnist1d()
+        np.testing.assert_array_equal(again[0], generated[0])
+        assert datasets_module._read_mnist1d_cache(path) is not None
+        # An empty setting disables the disk cache.
+        monkeypatch.setenv("COUPLED_SGD_CACHE", "")
+        assert datasets_module.mnist1d_cache_path() is None
+    finally:
+        datasets_module._generate_mnist1d.cache_clear()
 
 
 @pytest.mark.parametrize("num_train", [0, 4001, 2.5])

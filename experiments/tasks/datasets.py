@@ -48,9 +48,32 @@ MNIST1D_NUM_TRAIN = 4000
 MNIST1D_LENGTH = 40
 
 
-@functools.lru_cache(maxsize=1)
-def _generate_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The canonical MNIST-1D arrays (package default arguments, generation seed 42)."""
+def mnist1d_cache_path() -> str | None:
+    """Where the generated MNIST-1D arrays are kept between processes, or None (no disk cache).
+
+    `$COUPLED_SGD_CACHE/mnist1d-<mnist1d version>.npz`; the directory defaults to
+    `$XDG_CACHE_HOME/coupled-sgd` (`~/.cache/coupled-sgd`). Set `COUPLED_SGD_CACHE` to an
+    empty string to generate in every process.
+    """
+    import importlib.metadata
+
+    root = os.environ.get("COUPLED_SGD_CACHE")
+    if root is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "coupled-sgd")
+    if not root:
+        return None
+    try:
+        version = importlib.metadata.version("mnist1d")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return os.path.join(root, f"mnist1d-{version}.npz")
+
+
+_MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
+
+
+def _make_mnist1d() -> tuple[np.ndarray, ...]:
     import mnist1d.data
 
     # `make_dataset` reseeds Python's and NumPy's global generators; restore them so that
@@ -61,12 +84,52 @@ def _generate_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-    arrays = (
-        np.asarray(raw["x"], dtype=np.float64),
-        np.asarray(raw["y"], dtype=np.int32),
-        np.asarray(raw["x_test"], dtype=np.float64),
-        np.asarray(raw["y_test"], dtype=np.int32),
+    return tuple(
+        np.asarray(raw[k], dtype=np.float64 if k.startswith("x") else np.int32)
+        for k in _MNIST1D_KEYS
     )
+
+
+def _read_mnist1d_cache(path: str) -> tuple[np.ndarray, ...] | None:
+    """The cached arrays, or None if the file is missing or not what `_make_mnist1d` writes
+    (a bad cache is regenerated, never trusted)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = tuple(np.array(f[k]) for k in _MNIST1D_KEYS)
+    except (OSError, KeyError, ValueError):
+        return None
+    x, y, xt, yt = arrays
+    n_test = len(yt)
+    ok = (
+        x.dtype == np.float64 and xt.dtype == np.float64 and y.dtype == np.int32
+        and yt.dtype == np.int32 and x.shape == (MNIST1D_NUM_TRAIN, MNIST1D_LENGTH)
+        and y.shape == (MNIST1D_NUM_TRAIN,) and xt.shape == (n_test, MNIST1D_LENGTH)
+        and np.all(np.isfinite(x)) and np.all(np.isfinite(xt))
+    )  # fmt: skip
+    return arrays if ok else None
+
+
+@functools.lru_cache(maxsize=1)
+def _generate_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The canonical MNIST-1D arrays (package default arguments, generation seed 42).
+
+    Generating takes several seconds, so the arrays are kept in memory and, unless disabled,
+    in `mnist1d_cache_path()` (an `.npz` of plain arrays, read without pickle).
+    """
+    path = mnist1d_cache_path()
+    arrays = _read_mnist1d_cache(path) if path and os.path.exists(path) else None
+    if arrays is None:
+        arrays = _make_mnist1d()
+        if path:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                # Written under a unique name and renamed: parallel processes never read a
+                # half-written file.
+                tmp = f"{path}.{os.getpid()}.tmp.npz"
+                np.savez(tmp, **dict(zip(_MNIST1D_KEYS, arrays)))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # a read-only home: generate again next time
     for array in arrays:
         # The cache hands out the same objects on every call; make accidental writes fail.
         array.setflags(write=False)
@@ -80,7 +143,7 @@ def load_mnist1d(num_train: int | None = None, seed: int = 0) -> Dataset:
     package's generation seed 42); `seed` only chooses the training subsample. Inputs are
     standardized with a single scalar mean and standard deviation of the returned training
     set, so the signal's shape along its length is preserved for convolutional models.
-    The generated arrays are cached in-process; nothing is written to disk.
+    The generated arrays are cached in memory and on disk (`mnist1d_cache_path`).
 
     Args:
       num_train: size of a training subset drawn without replacement (must be in
