@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
+import scipy.special
 from jax.flatten_util import ravel_pytree
 
 from .system import CoupledSystem
@@ -565,4 +566,248 @@ __all__ += [
     "linear_moments",
     "SCHEMES",
     "euler_map",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear systems with delays (docs/papers.md, "Delays in continuous time")
+#
+# Continuous time t; a delay τ (`delay`) is in time units, a step h (`step_size`) in time, and
+# a delay of d steps is τ = d·h. Rates (`decay` a, `gain` b) are per unit time; the discrete
+# chain multiplies them by h. The scalar delayed-feedback equation is
+#
+#     x'(t) = −a x(t) − b x(t − τ),      characteristic equation  λ + a + b e^{−λτ} = 0,
+#
+# and its Euler chain with step h and d = τ/h is x_{k+1} = (1 − ha) x_k − hb x_{k−d}.
+
+
+def _finite(name, value):
+    """`value` as a float array; raises naming `name` if any entry is not finite."""
+    arr = np.asarray(value, dtype=float)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return arr
+
+
+def _nonnegative(name, value):
+    arr = _finite(name, value)
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return arr
+
+
+def _scalar(name, value) -> float:
+    arr = _finite(name, value)
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
+    return float(arr)
+
+
+def _delay_steps(delay, step_size) -> int:
+    """d = τ/h for a scalar delay τ >= 0 and step h > 0; raises unless d is an integer."""
+    tau = _scalar("delay (τ)", delay)
+    h = _scalar("step_size (h)", step_size)
+    if tau < 0:
+        raise ValueError(f"delay (τ) must be >= 0, got {delay!r}")
+    if not h > 0:
+        raise ValueError(f"step_size (h) must be > 0, got {step_size!r}")
+    d = tau / h
+    # A relative tolerance: τ = 0.3 with h = 0.1 gives d = 2.9999999999999996 in floating point.
+    if abs(d - round(d)) > 1e-9 * max(1.0, d):
+        raise ValueError(
+            f"delay (τ = {delay!r}) must be a whole number of steps (h = {step_size!r}); "
+            f"τ/h = {d!r}"
+        )
+    return int(round(d))
+
+
+def continuous_delay_threshold(*, delay):
+    """Largest stable rate a for `x'(t) = −a x(t − τ)`: `π / (2τ)` (stable iff 0 < aτ < π/2).
+
+    `delay` τ >= 0 is in time units (array-like, broadcasts); the result is a rate (1/time),
+    `inf` at τ = 0 (then every a > 0 is stable). It is the h → 0 limit of
+    `discrete_delay_threshold_time`, and `max_stable_delay(decay=0, gain=a)` read the other way.
+    """
+    tau = _nonnegative("delay (τ)", delay)
+    with np.errstate(divide="ignore"):
+        out = np.where(tau > 0, np.pi / (2 * np.where(tau > 0, tau, 1.0)), np.inf)
+    return out[()]
+
+
+def discrete_delay_threshold_time(*, delay, step_size) -> float:
+    """Largest stable rate a for `x_{k+1} = x_k − h a x_{k−d}`, d = τ/h: `2 sin(π/(2(2d+1))) / h`.
+
+    This is `delay_stability_threshold(staleness=d)` (a threshold on the per-step product ha)
+    divided by the step h, so that it is a rate (1/time) comparable with the continuous
+    `continuous_delay_threshold(delay=τ) = π/(2τ)`. With τ (time) fixed it rises to that limit
+    as h → 0, from below, with error `π h / (4τ²) + O(h²)`. `delay` τ >= 0 and `step_size`
+    h > 0 are scalars in time units, and τ must be a whole number d of steps.
+    """
+    d = _delay_steps(delay, step_size)
+    return delay_stability_threshold(staleness=d) / float(step_size)
+
+
+def max_stable_delay(*, decay, gain):
+    """The delay τ* (time) below which `x'(t) = −a x(t) − b x(t − τ)` is stable (Hayes, 1950).
+
+    `decay` a (the undelayed rate, e.g. η·curvature) and `gain` b (the delayed rate, e.g. the
+    coupling gain k) are real rates (1/time), array-like, broadcast together. The equation is
+    asymptotically stable exactly for 0 <= τ < τ*, with
+
+    - τ* = inf when a + b > 0 and b <= a (the undelayed decay dominates: every delay is stable);
+    - τ* = arccos(−a/b) / √(b² − a²) when b > |a|;
+    - τ* = 0 when a + b <= 0 (unstable even without delay; no τ is stable).
+
+    At τ = τ* a pair of characteristic roots ±iω, ω = √(b² − a²), crosses the imaginary axis.
+    """
+    a = _finite("decay (a)", decay)
+    b = _finite("gain (b)", gain)
+    a, b = np.broadcast_arrays(a, b)
+    crossing = b > np.abs(a)
+    # Placeholders keep arccos and the square root inside their domains off the crossing branch.
+    bb = np.where(crossing, b, 1.0)
+    aa = np.where(crossing, a, 0.0)
+    tau = np.arccos(-aa / bb) / np.sqrt(bb**2 - aa**2)
+    out = np.where(crossing, tau, np.where(a + b > 0, np.inf, 0.0))
+    return out[()]
+
+
+def delayed_coupling_stable(*, decay, gain, delay):
+    """Whether `x'(t) = −a x(t) − b x(t − τ)` is asymptotically stable: `τ < max_stable_delay`.
+
+    Arguments are array-like and broadcast (`decay` a and `gain` b in 1/time, `delay` τ >= 0
+    in time); returns a bool array of the broadcast shape (a bool for scalars), e.g. the
+    (k, τ) stability region on a grid `gain=k[:, None], delay=τ[None, :]`.
+
+    **Delayed all-to-all coupling.** N agents on f = ½ a x² with gradient scale η and the
+    mean-field force evaluated on the delayed state, `F_i = k (x̄(t − τ) − x_i(t − τ))`, and an
+    undelayed gradient: `x_i' = −ηa x_i + k (x̄ − x_i)(t − τ)`. The mean obeys `x̄' = −ηa x̄`
+    (the coupling sums to zero over agents, delayed or not) and each deviation e_i = x_i − x̄
+    obeys `e_i' = −ηa e_i − k e_i(t − τ)`, this equation with a = ηa, b = k. So the agents
+    synchronize iff `delayed_coupling_stable(decay=ηa, gain=k, delay=τ)`, and the whole
+    system is stable iff that holds and ηa > 0 (the mean). A negative curvature (ηa < 0) can
+    be beaten by the coupling only when k > |ηa| and τ < τ*.
+    """
+    tau = _nonnegative("delay (τ)", delay)
+    out = tau < max_stable_delay(decay=decay, gain=gain)
+    return np.asarray(out)[()]
+
+
+def delayed_feedback_root(*, decay, gain, delay):
+    """The rightmost root λ of `λ + a + b e^{−λτ} = 0`: `λ = W₀(−bτ e^{aτ}) / τ − a`.
+
+    W₀ is the principal branch of the Lambert W function (`scipy.special.lambertw`); for real
+    a, b and τ > 0 it gives the root of largest real part (Shinozaki & Mori, 2006), so Re λ is
+    the decay rate (1/time) of `x'(t) = −a x(t) − b x(t − τ)`: negative iff the equation is
+    stable, zero at τ = `max_stable_delay`. At τ = 0 the root is −a − b. Arguments are
+    array-like and broadcast (`decay` a and `gain` b in 1/time, `delay` τ >= 0 in time);
+    returns a complex array of the broadcast shape. aτ must stay below about 700 (e^{aτ}
+    must be finite in float64).
+    """
+    a = _finite("decay (a)", decay)
+    b = _finite("gain (b)", gain)
+    tau = _nonnegative("delay (τ)", delay)
+    a, b, tau = np.broadcast_arrays(a, b, tau)
+    with np.errstate(over="ignore"):
+        z = -b * tau * np.exp(a * tau)
+    if not np.all(np.isfinite(z)):
+        raise ValueError(f"decay·delay (aτ) too large for float64: max aτ = {np.max(a * tau):.4g}")
+    # The iteration tolerance of lambertw is relative to the step; 1e-15 gives full precision
+    # (its default 1e-8 leaves residuals near 1e-9 close to the branch point −1/e).
+    w = scipy.special.lambertw(z, 0, tol=1e-15)
+    positive = tau > 0
+    safe_tau = np.where(positive, tau, 1.0)
+    out = np.where(positive, w / safe_tau - a, -(a + b) + 0j)
+    return out[()]
+
+
+def _delayed_euler_matrix(a, b, d, h):
+    """Companion matrix of `x_{k+1} = (1 − ha) x_k − hb x_{k−d}` on `(x_k, …, x_{k−d})`."""
+    c = np.zeros((d + 1, d + 1))
+    c[0, 0] = 1 - h * a
+    c[0, d] -= h * b  # d = 0 adds the delayed term to the same entry
+    c[np.arange(1, d + 1), np.arange(d)] = 1.0  # shift the history by one step
+    return c
+
+
+def delayed_euler_spectral_radius(*, decay, gain, delay, step_size) -> float:
+    """Spectral radius of the Euler chain `x_{k+1} = (1 − ha) x_k − hb x_{k−d}`, d = τ/h.
+
+    The chain is the Euler step h of `x'(t) = −a x(t) − b x(t − τ)`; it is stable iff the
+    radius is < 1 (`delayed_euler_stable`). Its state `(x_k, x_{k−1}, …, x_{k−d})` has d + 1
+    entries, so the companion matrix is `(d + 1, d + 1)`. Scalars: `decay` a and `gain` b
+    (1/time), `delay` τ >= 0 and `step_size` h > 0 (time), τ a whole number of steps. With
+    a = 0 the chain is stable iff 0 < hb < `delay_stability_threshold(staleness=d)`; as h → 0
+    with τ fixed its stability boundary tends to that of the continuous equation
+    (`max_stable_delay`).
+    """
+    d = _delay_steps(delay, step_size)
+    a = _scalar("decay (a)", decay)
+    b = _scalar("gain (b)", gain)
+    c = _delayed_euler_matrix(a, b, d, float(step_size))
+    return float(np.max(np.abs(np.linalg.eigvals(c))))
+
+
+def delayed_euler_stable(*, decay, gain, delay, step_size) -> bool:
+    """Whether the Euler chain of `delayed_euler_spectral_radius` is stable (radius < 1)."""
+    radius = delayed_euler_spectral_radius(decay=decay, gain=gain, delay=delay, step_size=step_size)
+    return radius < 1
+
+
+def delayed_ou_variance(*, gain, delay, sigma):
+    """Stationary Var(x) of `dx = −b x(t − τ) dt + σ dW` (Küchler & Mensch, 1992).
+
+    `σ² (1 + sin(bτ)) / (2b cos(bτ))` for 0 < bτ < π/2, and σ²/(2b) at τ = 0 (its limit).
+    `gain` b > 0 (1/time), `delay` τ >= 0 (time), `sigma` σ >= 0 (per √time); array-like,
+    broadcast. Raises outside the stable region (b <= 0 or bτ >= π/2: no stationary law).
+    """
+    b = _finite("gain (b)", gain)
+    tau = _nonnegative("delay (τ)", delay)
+    s = _nonnegative("sigma (σ)", sigma)
+    if np.any(b <= 0):
+        raise ValueError(f"gain (b) must be > 0 for a stationary variance, got {gain!r}")
+    if np.any(b * tau >= np.pi / 2):
+        raise ValueError(
+            f"gain·delay (bτ) must be < π/2 for a stationary variance, got b = {gain!r}, "
+            f"τ = {delay!r}"
+        )
+    bt = b * tau
+    return (s**2 * (1 + np.sin(bt)) / (2 * b * np.cos(bt)))[()]
+
+
+def delayed_euler_variance(*, decay, gain, delay, sigma, step_size) -> float:
+    """Stationary Var(x) of the Euler–Maruyama chain of `dx = [−a x − b x(t − τ)] dt + σ dW`.
+
+    The chain `x_{k+1} = (1 − ha) x_k − hb x_{k−d} + σ √h n_k`, d = τ/h, n_k standard normal,
+    in companion form `s_{k+1} = C s_k + σ √h n_k e₀` on `s_k = (x_k, …, x_{k−d})`; the
+    stationary covariance solves the discrete Lyapunov equation `P = C P Cᵀ + σ² h e₀ e₀ᵀ` and
+    the result is P[0, 0]. This is what a discrete run with step h converges to; as h → 0
+    (τ fixed) it tends to the stationary variance of the continuous delayed OU process, with
+    error O(h) (at a = 0, `delayed_ou_variance`). Scalars: `decay` a and `gain` b (1/time),
+    `delay` τ >= 0 and `step_size` h > 0 (time), τ a whole number of steps, `sigma` σ >= 0
+    (per √time). Raises if the chain is unstable (no stationary variance).
+    """
+    d = _delay_steps(delay, step_size)
+    a = _scalar("decay (a)", decay)
+    b = _scalar("gain (b)", gain)
+    s = _scalar("sigma (σ)", sigma)
+    if s < 0:
+        raise ValueError(f"sigma (σ) must be >= 0, got {sigma!r}")
+    h = float(step_size)
+    c = _delayed_euler_matrix(a, b, d, h)
+    q = np.zeros_like(c)
+    q[0, 0] = s**2 * h
+    return float(_chain_covariance(c, q, h)[0, 0])
+
+
+__all__ += [
+    "continuous_delay_threshold",
+    "discrete_delay_threshold_time",
+    "max_stable_delay",
+    "delayed_coupling_stable",
+    "delayed_feedback_root",
+    "delayed_euler_spectral_radius",
+    "delayed_euler_stable",
+    "delayed_ou_variance",
+    "delayed_euler_variance",
 ]
