@@ -283,3 +283,15 @@ def test_deviation_bound_and_delay_threshold():
     np.testing.assert_allclose(b, [3.0, steady])
     np.testing.assert_allclose(theory.delay_stability_threshold(staleness=0), 2.0)
     np.testing.assert_allclose(theory.delay_stability_threshold(staleness=1), 2 * np.sin(np.pi / 6))
+
+
+def test_single_save_time_is_the_final_state_of_a_dense_save(getkey):
+    # saveat=1 and saveat=[t1] are saved as `SaveAt(t1=True)`; the value must be the last of
+    # the equally spaced saves (same steps, same noise).
+    system = CoupledSystem(Quadratic([1.0, 2.0]), MeanField(0.5), IsotropicNoise(0.3))
+    x0, key = jnp.ones((3, 2)), getkey()
+    dense = solve(system, x0, t1=0.5, step_size=0.01, key=key, saveat=11)
+    for saveat in (1, [0.5]):
+        last = solve(system, x0, t1=0.5, step_size=0.01, key=key, saveat=saveat)
+        assert last.x.shape == (1, 3, 2) and float(last.ts[0]) == 0.5
+        np.testing.assert_allclose(last.x[0], dense.x[-1], rtol=0, atol=1e-12)
