@@ -128,6 +128,25 @@ def test_noise_table_contract_oracle_steps():
     assert sorted(steps_seen) == [0, 0, 1, 2, 2, 3, 4]
 
 
+def test_block_check_finds_the_exact_first_bad_step_inside_a_block():
+    # The check runs once per block (end state + every step's output); a failed block is
+    # replayed step by step, so a loss that is NaN only at step 5 of the block 4–7 is found
+    # at step 5 even though the state is healthy at the block's end.
+    def step(x, k):
+        return x + 1.0, jnp.where(k == 5, jnp.nan, 0.0)
+
+    def healthy(x, loss):
+        return jnp.all(jnp.isfinite(loss)) & (x < 1e6)
+
+    res = jax.jit(
+        lambda x: recorded_scan(step, x, num_steps=12, record_every=4,
+                                metrics_fn=lambda x, k: x, healthy=healthy)
+    )(jnp.asarray(0.0))  # fmt: skip
+    assert int(res.diverged_step) == 5
+    # the bad block is undone (x stays 4); the next block runs again from there
+    np.testing.assert_array_equal(res.metrics, [0.0, 4.0, 4.0, 8.0])
+
+
 def test_recorded_scan_records_trace_and_freezes_on_divergence():
     # x ← 2x from x = 1 with records every 3 steps: x_k = 2^k; unhealthy once x > 100
     def step(x, k):
