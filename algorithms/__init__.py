@@ -3,11 +3,13 @@
 from . import asynchrony
 from .coupling import (
     CouplingState,
+    DelayedCouplingState,
     HeavyBallState,
     add_coupling_force,
     euler_optimizer,
     heavy_ball,
 )
+from .delayed import DelayedAgentState, run_delayed_agents
 from .discrete import solve_discrete
 from .loop import RunResult, recorded_scan
 from .optimizers import (
@@ -33,6 +35,8 @@ from .sweeps import basin_success, wilson_interval
 __all__ = [
     "asynchrony",
     "CouplingState",
+    "DelayedAgentState",
+    "DelayedCouplingState",
     "ElasticAveragingState",
     "HeavyBallState",
     "AgentState",
@@ -53,6 +57,7 @@ __all__ = [
     "quorum_sgd",
     "recorded_scan",
     "run_agents",
+    "run_delayed_agents",
     "run_svag",
     "sde_matched_oracle",
     "solve_discrete",

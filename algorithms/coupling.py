@@ -30,11 +30,21 @@ import jax.numpy as jnp
 import optax
 
 from dynamics.coupling import AbstractCoupling
+from dynamics.delay import (
+    DelayedSystem,
+    History,
+    as_delay,
+    delayed_coupling,
+    history_init,
+    history_push,
+    read_channel,
+)
 from dynamics.system import CoupledSystem
 from dynamics.types import GradientField, PyTree
 
 __all__ = [
     "CouplingState",
+    "DelayedCouplingState",
     "HeavyBallState",
     "add_coupling_force",
     "heavy_ball",
@@ -47,6 +57,16 @@ class CouplingState(NamedTuple):
 
     aux: PyTree
     count: jax.Array
+
+
+class DelayedCouplingState(NamedTuple):
+    """`CouplingState` of a delayed channel: plus the `history` of the last D_c + 1 entries
+    `(params, aux, losses)` (a `dynamics.delay.History`; params leaves `(D_c + 1, N, …)`,
+    losses `(D_c + 1, N)` or None when the rule reads no losses)."""
+
+    aux: PyTree
+    count: jax.Array
+    history: History
 
 
 def _check_rate(name: str, value: float, allow_zero: bool = False) -> float:
@@ -71,6 +91,9 @@ def add_coupling_force(
     step_size: optax.ScalarOrSchedule,
     gradient_scale: float = 1.0,
     aux_gradient_fn: GradientField | None = None,
+    *,
+    delay=0,
+    delay_key: jax.Array | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Add the coupling rule's force to the gradients of stacked agent parameters.
 
@@ -84,11 +107,21 @@ def add_coupling_force(
         gradient_scale: η > 0, the gradient's weight in the drift.
         aux_gradient_fn: ∇f for one agent's parameters, needed by rules with
             `needs_aux_gradient` (e.g. a quorum variable that descends the loss).
+        delay: the coupling channel's delay d_c in updates (steps): 0 (default: no delay,
+            no buffer), an int >= 0, or a delay distribution (`DelayModel`, any object with
+            `probs` over {0, …, D_c}; see `dynamics.delay.as_delay`), redrawn per agent (and
+            once for aux) at every update from `delay_key` (the stream of
+            `dynamics.delay`). With a delay, update k evaluates the rule on the entry
+            `(params, aux, losses)` of update k − d_c (update 0's before the start):
+            `u_i = η g_i − F_i(delayed)`, `aux ← aux + h A(delayed)`.
+        delay_key: PRNG key of random delays (required iff `delay` is random); the delays
+            of update k are those of step k = this transform's update count.
 
     Returns:
         A transform whose `update(grads, state, params, *, losses=None)` returns
         `η g − F(params, aux, losses)`; every leaf has the agent axis N first. `losses` `(N,)`
-        is required by rules with `needs_losses`. Its state is a `CouplingState`.
+        is required by rules with `needs_losses`. Its state is a `CouplingState`, or a
+        `DelayedCouplingState` (memory O(D_c × params)) with a delay.
     """
     if not isinstance(rule, AbstractCoupling):
         raise TypeError(f"rule must be an AbstractCoupling, got {type(rule)}")
@@ -96,6 +129,11 @@ def add_coupling_force(
     eta = _check_rate("gradient_scale", gradient_scale)
     if rule.needs_aux_gradient and aux_gradient_fn is None:
         raise ValueError(f"{type(rule).__name__} needs aux_gradient_fn (∇f at the auxiliary state)")
+    delay = as_delay(delay, "delay")
+    if delay.is_random and delay_key is None:
+        raise ValueError("delay_key is required for a random coupling delay")
+    if delay.is_random or delay.max_steps > 0:
+        return _delayed_coupling_force(rule, step_size, eta, aux_gradient_fn, delay, delay_key)
 
     def init_fn(params):
         return CouplingState(aux=rule.init(params), count=jnp.zeros([], jnp.int32))
@@ -114,6 +152,52 @@ def add_coupling_force(
         aux_dot = rule.aux_drift(params, state.aux, losses, aux_gradient_fn)
         aux = jax.tree.map(lambda a, d: a + h * d, state.aux, aux_dot)
         return out, CouplingState(aux=aux, count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _delayed_coupling_force(rule, step_size, eta, aux_gradient_fn, delay, delay_key):
+    """`add_coupling_force` with a delayed channel (a ring buffer of (params, aux, losses))."""
+
+    def init_fn(params):
+        aux = rule.init(params)
+        losses = None
+        if rule.needs_losses:
+            # Unknown until update 0, which fills them in (the history before it is constant).
+            num_agents = jax.tree.leaves(params)[0].shape[0]
+            losses = jnp.zeros((num_agents,), jax.tree.leaves(params)[0].dtype)
+        history = history_init((params, aux, losses), delay.max_steps)
+        return DelayedCouplingState(aux, jnp.zeros([], jnp.int32), history)
+
+    def update_fn(updates, state, params=None, *, losses=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "add_coupling_force needs the agents' params: call update(grads, state, params)"
+            )
+        if rule.needs_losses and losses is None:
+            raise ValueError(f"{type(rule).__name__} needs the agents' losses: pass losses=(N,)")
+        h = _at(step_size, state.count)
+        history = state.history
+        entry_losses = None
+        if rule.needs_losses:
+            entry_losses = jnp.asarray(losses, history.states[2].dtype)
+            # The history before update 0 holds update 0's losses (constant history).
+            first = jnp.broadcast_to(entry_losses, history.states[2].shape)
+            past = jnp.where(state.count == 0, first, history.states[2])
+            history = History((history.states[0], history.states[1], past), history.head)
+        # Push update k's entry, then read the one d_c updates old (ring of D_c + 1).
+        history = history_push(history, (params, state.aux, entry_losses))
+        current = (params, state.aux, entry_losses)
+        num_agents = jax.tree.leaves(params)[0].shape[0]
+        (x, aux, ell), index = read_channel(
+            history, current, delay, delay_key, state.count, num_agents
+        )
+        force, aux_dot = delayed_coupling(rule, x, aux, ell, index, aux_gradient_fn)
+        out = jax.tree.map(lambda g, f: eta * g - f, updates, force)
+        aux = jax.tree.map(lambda a, d: a + h * d, state.aux, aux_dot)
+        count = optax.safe_increment(state.count)
+        return out, DelayedCouplingState(aux=aux, count=count, history=history)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -152,7 +236,7 @@ def heavy_ball(damping: float, step_size: float) -> optax.GradientTransformation
 
 
 def euler_optimizer(
-    system: CoupledSystem, step_size: float
+    system: CoupledSystem | DelayedSystem, step_size: float, *, delay_key: jax.Array | None = None
 ) -> optax.GradientTransformationExtraArgs:
     """The discrete form of `system`: one Euler step of size h (time units) per update.
 
@@ -161,12 +245,23 @@ def euler_optimizer(
     `g = ∇f(x) + ξ` from `algorithms.oracles.sde_matched_oracle(system, h)` and the same key,
     the iterates equal the Euler–Maruyama path of `dynamics.solve` (`solve_discrete` runs
     exactly this).
+
+    A `dynamics.DelayedSystem` gives the coupling transform its coupling delay
+    (`add_coupling_force(..., delay=τ_c, delay_key=delay_key)`). Its gradient delay is the
+    runner's business: the optimizer only sees gradients, so run it with
+    `algorithms.delayed.run_delayed_agents(..., gradient_delay=τ_g)`, which evaluates the
+    oracle at the stale parameters (`solve_discrete` does both).
     """
+    delay = 0
+    if isinstance(system, DelayedSystem):
+        delay, system = system.coupling_delay, system.system
     rule = add_coupling_force(
         system.coupling,
         step_size,
         gradient_scale=system.gradient_scale,
         aux_gradient_fn=system.landscape.grad,
+        delay=delay,
+        delay_key=delay_key,
     )
     if system.momentum:
         return optax.chain(rule, heavy_ball(system.damping, step_size))

@@ -4,7 +4,9 @@
 the gradients of `sde_matched_oracle(system, h)` with `run_agents`, and returns the same
 `dynamics.Solution` as `solve`. With the same key, `solve(system, x0, t1=T, step_size=h,
 key=key)` (Euler–Maruyama, the default solver) gives the same path to rounding, so comparing
-the continuous and the discrete form is two calls.
+the continuous and the discrete form is two calls. A `dynamics.DelayedSystem` runs the delayed
+discrete form (`algorithms.delayed.run_delayed_agents`), the mirror of
+`dynamics.delay.solve_delayed`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from dynamics.delay import DelayedSystem
 from dynamics.solve import Solution
 from dynamics.system import CoupledSystem
 
 from .coupling import HeavyBallState, euler_optimizer
+from .delayed import run_delayed_agents
 from .oracles import sde_matched_oracle
 from .runner import run_agents
 
@@ -38,7 +42,7 @@ def _grid_steps(name: str, times, t0: float, h: float) -> np.ndarray:
 
 
 def solve_discrete(
-    system: CoupledSystem,
+    system: CoupledSystem | DelayedSystem,
     x0: Float[Array, "agents dim"],
     *,
     t1: float,
@@ -49,6 +53,7 @@ def solve_discrete(
     v0: Float[Array, "agents dim"] | None = None,
     brownian: diffrax.AbstractBrownianPath | None = None,
     noise_table: Float[Array, "steps agents dim"] | None = None,
+    delay_key: jax.Array | None = None,
 ) -> Solution:
     """Run the discrete form of `system` from `x0` `(N, dim)` over `[t0, t1]` in steps of h.
 
@@ -56,8 +61,13 @@ def solve_discrete(
     `∇f(x) + ξ_k` from `sde_matched_oracle(system, h)`, run by `run_agents`: the explicit
     Euler step of the drift with the noise `σ sqrt(h) n_k` of the k-th Brownian increment.
 
+    A `dynamics.DelayedSystem` runs the delayed discrete form: `euler_optimizer(system, h,
+    delay_key=…)` (the delayed coupling channel) driven by `algorithms.delayed.
+    run_delayed_agents` (the oracle at the stale parameters x_{k−d_g} with step k's noise);
+    with the same keys it equals `dynamics.delay.solve_delayed`'s path to rounding.
+
     Args:
-        system: the coupled system (first order or heavy ball).
+        system: the coupled system (first order or heavy ball), or a `DelayedSystem`.
         x0: initial positions, shape `(N, dim)`.
         t1: final time (continuous time); `t1 − t0` must be a whole number of steps.
         step_size: h > 0, the time advanced per step.
@@ -73,6 +83,7 @@ def solve_discrete(
             `solve(..., brownian=path)` uses it).
         noise_table: `(K, *system.brownian_shape(N))` standard normals `n_k`, K >= the
             number of steps.
+        delay_key: PRNG key of random delays of a `DelayedSystem` (required iff random).
 
     Returns:
         A `Solution`: `ts` `(T,)`, `x` `(T, N, dim)`, `v` `(T, N, dim)` (heavy ball) or None,
@@ -113,23 +124,35 @@ def solve_discrete(
     # Record on the coarsest grid that holds every save time, then pick the save times.
     record_every = int(np.gcd.reduce(np.append(save_steps, num_steps)))
 
-    optimizer = euler_optimizer(system, h)
-    oracle = sde_matched_oracle(system, h, brownian=brownian, noise_table=noise_table, t0=t0)
+    delayed = isinstance(system, DelayedSystem)
+    if delayed and system.is_random and delay_key is None:
+        raise ValueError("delay_key is required for random delays")
+    optimizer = euler_optimizer(system, h, delay_key=delay_key)
+    base = system.system if delayed else system
+    oracle = sde_matched_oracle(base, h, brownian=brownian, noise_table=noise_table, t0=t0)
     x0 = jnp.asarray(x0)
-    state0 = system.init(x0, v0)
+    state0 = base.init(x0, v0)
     opt_state = optimizer.init(x0)
-    if system.momentum:
+    if base.momentum:
         opt_state = (opt_state[0], HeavyBallState(velocity=state0.v))
 
-    def metrics_fn(params, opt_state, losses):
-        del losses
-        velocity = opt_state[1].velocity if system.momentum else None
+    def record(params, opt_state):
+        velocity = opt_state[1].velocity if base.momentum else None
         return {"x": params, "v": velocity, "aux": opt_state[0].aux}
 
-    res = run_agents(
-        optimizer, x0, oracle, num_steps=int(num_steps), key=key, record_every=record_every,
-        metrics_fn=metrics_fn, opt_state=opt_state,
-    )  # fmt: skip
+    if delayed:
+        res = run_delayed_agents(
+            optimizer, x0, oracle, num_steps=int(num_steps), key=key,
+            gradient_delay=system.gradient_delay, delay_key=delay_key,
+            record_every=record_every, opt_state=opt_state,
+            metrics_fn=lambda state: record(state.params, state.opt_state),
+        )  # fmt: skip
+    else:
+        res = run_agents(
+            optimizer, x0, oracle, num_steps=int(num_steps), key=key, record_every=record_every,
+            metrics_fn=lambda params, opt_state, losses: record(params, opt_state),
+            opt_state=opt_state,
+        )  # fmt: skip
     pick = jnp.asarray(save_steps // record_every)
     saved = jax.tree.map(lambda leaf: leaf[pick], res.metrics)
     return Solution(

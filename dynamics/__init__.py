@@ -21,6 +21,14 @@ from .coupling import (
     toward,
     tree_zeros_like,
 )
+from .delay import (
+    Delay,
+    DelayedArgs,
+    DelayedEuler,
+    DelayedSystem,
+    as_delay,
+    solve_delayed,
+)
 from .landscapes import (
     AbstractLandscape,
     LogCoshQuadratic,
@@ -49,6 +57,10 @@ __all__ = [
     "AgentState",
     "CoupledSystem",
     "CovarianceNoise",
+    "Delay",
+    "DelayedArgs",
+    "DelayedEuler",
+    "DelayedSystem",
     "DiagonalNoise",
     "IsotropicNoise",
     "Leader",
@@ -70,8 +82,10 @@ __all__ = [
     "OffsetMultiWell",
     "Uncoupled",
     "agent_mean",
+    "as_delay",
     "elastic",
     "solve",
+    "solve_delayed",
     "solve_runs",
     "sme2",
     "step_normal",

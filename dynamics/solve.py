@@ -102,14 +102,8 @@ def solve(
         A `Solution` with `x` of shape `(T, N, dim)`.
     """
     system.check_positions(x0)
-    t0, t1 = float(t0), float(t1)
-    h = _positive("step_size", step_size)
-    if not t1 > t0:
-        raise ValueError(f"need t1 > t0, got t0={t0}, t1={t1}")
-    if isinstance(brownian, diffrax.AbstractBrownianPath):
-        pass
-    elif brownian not in ("step", "tree"):
-        raise ValueError(f"brownian must be 'step', 'tree' or a Brownian path, got {brownian!r}")
+    t0, t1, h = _check_interval(t0, t1, step_size)
+    _check_brownian(brownian)
     noisy = not system.noise.is_zero()
     if noisy and key is None and isinstance(brownian, str):
         raise ValueError("key is required for a noisy system (σ > 0)")
@@ -119,22 +113,52 @@ def solve(
     n_steps = math.ceil((t1 - t0) / h - 1e-9)
     if max_steps is None:
         max_steps = n_steps if not adaptive else 64 * n_steps
-    if isinstance(saveat, diffrax.SaveAt):
-        save = saveat
-    elif isinstance(saveat, (int, np.integer)):
-        if saveat < 1:
-            raise ValueError(f"saveat must be >= 1 save times, got {saveat}")
-        save = diffrax.SaveAt(ts=np.linspace(t0, t1, int(saveat)) if saveat > 1 else [t1])
-    else:
-        ts = np.asarray(saveat, dtype=float)
-        if ts.ndim != 1 or np.any(ts < t0) or np.any(ts > t1) or np.any(np.diff(ts) < 0):
-            raise ValueError(f"save times must be increasing and within [t0, t1], got {ts}")
-        save = diffrax.SaveAt(ts=ts)
+    save = _save_at(saveat, t0, t1)
     state0 = system.init(jnp.asarray(x0), v0)
     return _solve(
         system, state0, key, t0, t1, h, solver, save, brownian if noisy else None,
         adaptive, rtol, atol, max_steps,
     )  # fmt: skip
+
+
+def _check_interval(t0, t1, step_size) -> tuple[float, float, float]:
+    """`(t0, t1, h)` as floats, with `h > 0` and `t1 > t0` checked (ValueError otherwise)."""
+    t0, t1 = float(t0), float(t1)
+    h = _positive("step_size", step_size)
+    if not t1 > t0:
+        raise ValueError(f"need t1 > t0, got t0={t0}, t1={t1}")
+    return t0, t1, h
+
+
+def _check_brownian(brownian) -> None:
+    """`brownian` must be "step", "tree" or a `diffrax.AbstractBrownianPath`."""
+    if isinstance(brownian, diffrax.AbstractBrownianPath):
+        return
+    if brownian not in ("step", "tree"):
+        raise ValueError(f"brownian must be 'step', 'tree' or a Brownian path, got {brownian!r}")
+
+
+def _save_at(saveat: int | Any, t0: float, t1: float) -> diffrax.SaveAt:
+    """The `diffrax.SaveAt` of `solve`'s `saveat` argument.
+
+    `saveat` is a number of equally spaced save times in `[t0, t1]` (1: only `t1`), an
+    increasing array of times within `[t0, t1]`, or a `diffrax.SaveAt` (returned as given).
+    """
+    if isinstance(saveat, diffrax.SaveAt):
+        return saveat
+    if isinstance(saveat, (int, np.integer)):
+        if saveat < 1:
+            raise ValueError(f"saveat must be >= 1 save times, got {saveat}")
+        ts = np.linspace(t0, t1, int(saveat)) if saveat > 1 else np.asarray([t1])
+    else:
+        ts = np.asarray(saveat, dtype=float)
+        if ts.ndim != 1 or np.any(ts < t0) or np.any(ts > t1) or np.any(np.diff(ts) < 0):
+            raise ValueError(f"save times must be increasing and within [t0, t1], got {ts}")
+    if ts.tolist() == [t1]:
+        # The final state only: `SaveAt(t1=True)` gives the same value as `ts=[t1]` without
+        # the interpolation bookkeeping of a save-times array (a few % faster per step).
+        return diffrax.SaveAt(t1=True)
+    return diffrax.SaveAt(ts=ts)
 
 
 def _levy_area(solver):
@@ -146,18 +170,25 @@ def _levy_area(solver):
     raise ValueError(f"solver {type(solver).__name__} needs {needed.__name__}, not supported")
 
 
+def _brownian_path(system, num_agents: int, brownian, key, t0: float, t1: float, h: float, levy):
+    """The Brownian path of `solve`'s `brownian` argument, of shape `system.brownian_shape(N)`.
+
+    "step": a `StepBrownianPath` on the grid `t0 + k h`; "tree": a `VirtualBrownianTree`
+    with tolerance h/8; a path: itself; None (no noise): None. `levy` is the Lévy-area type.
+    """
+    shape = system.brownian_shape(num_agents)
+    if isinstance(brownian, diffrax.AbstractBrownianPath):
+        return brownian
+    if isinstance(brownian, str) and brownian == "step":
+        return StepBrownianPath(shape=shape, key=key, origin=t0, step_size=h, levy_area=levy)
+    if isinstance(brownian, str) and brownian == "tree":
+        return diffrax.VirtualBrownianTree(t0, t1, tol=h / 8, shape=shape, key=key, levy_area=levy)
+    return None
+
+
 @eqx.filter_jit
 def _solve(system, state0, key, t0, t1, h, solver, save, brownian, adaptive, rtol, atol, max_steps):
-    levy = _levy_area(solver)
-    shape = system.brownian_shape(state0.x.shape[0])
-    if isinstance(brownian, diffrax.AbstractBrownianPath):
-        path = brownian
-    elif isinstance(brownian, str) and brownian == "step":
-        path = StepBrownianPath(shape=shape, key=key, origin=t0, step_size=h, levy_area=levy)
-    elif isinstance(brownian, str) and brownian == "tree":
-        path = diffrax.VirtualBrownianTree(t0, t1, tol=h / 8, shape=shape, key=key, levy_area=levy)
-    else:
-        path = None
+    path = _brownian_path(system, state0.x.shape[0], brownian, key, t0, t1, h, _levy_area(solver))
     controller = (
         diffrax.PIDController(rtol=rtol, atol=atol) if adaptive else diffrax.ConstantStepSize()
     )

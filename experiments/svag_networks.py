@@ -218,9 +218,7 @@ class Config:
 
 # Quick (under a minute on two cores): half the time, four seeds, SVAG-2 and SVAG-8 only (the
 # claims compare SVAG-8), the SDE at dt = η/4, no step-cost timing; same η and tolerance.
-QUICK = dict(
-    time=10.0, seeds=4, amplifications=(2, 8), sde_refinement=4, measure_step_costs=False
-)
+QUICK = dict(time=10.0, seeds=4, amplifications=(2, 8), sde_refinement=4, measure_step_costs=False)
 
 
 def methods(config) -> tuple[str, ...]:
