@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The tutorials are self-contained and run top to bottom; docs/scaling.md shows fragments
 # for multi-device and multi-host set-ups, which tests/test_sharding.py and
 # tests/test_multiprocess.py exercise instead.
-TUTORIALS = ("coupling_rules.md", "async_rules.md", "adding_an_experiment.md", "sde_models.md")
+TUTORIALS = (
+    "coupling_rules.md", "async_rules.md", "adding_an_experiment.md", "sde_models.md", "delays.md",
+)  # fmt: skip
 DOCS = [ROOT / "README.md", *(ROOT / "docs" / name for name in TUTORIALS)]
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 

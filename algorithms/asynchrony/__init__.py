@@ -6,14 +6,33 @@
   aggregation (O(W × params));
 - `server`: server-side rules as Optax transforms that see each arrival's staleness and
   snapshot (constant, staleness-aware α0/τ, 1/(τ + 1), GEM, DC-ASGD, Regatti's shrinking rate);
-- `decentralized`: DASGD and gossip over topologies with delayed views.
+- `decentralized`: DASGD and gossip over topologies with delayed views;
+- `coupled`: asynchronous coupled SGD on the virtual clock: asynchronous EASGD and EAMSGD,
+  quorum SGD with a stale quorum variable, and any rule with a server-held auxiliary state
+  (O(W × params)).
 
-Every runner (`delayed_sgd`, `run_pool`, `run_dasgd`, `run_gossip`) is a recorded scan
+Every runner (`delayed_sgd`, `run_pool`, `run_dasgd`, `run_gossip`, `run_async_coupled`) is a
+recorded scan
 (`algorithms.loop.recorded_scan`) and returns an `algorithms.RunResult`: the final `state`,
 `metrics` from a `metrics_fn(state)` hook, the per-step `trace`, `diverged_step` (−1 when
 healthy) and continuation from a given `state`, `start_step` and `diverged_step`.
 """
 
+from algorithms.asynchrony.coupled import (
+    FORCE_AT,
+    AsyncCoupledRecord,
+    AsyncCoupledState,
+    AsyncCoupledTrace,
+    AsyncCoupling,
+    async_coupled,
+    async_coupled_init,
+    async_coupled_record,
+    async_coupled_step,
+    async_eamsgd,
+    async_easgd,
+    async_quorum_sgd,
+    run_async_coupled,
+)
 from algorithms.asynchrony.decentralized import (
     TOPOLOGIES,
     DASGDState,
@@ -72,6 +91,10 @@ from algorithms.asynchrony.server import (
 __all__ = [
     "ArrivalRateState",
     "Arrivals",
+    "AsyncCoupledRecord",
+    "AsyncCoupledState",
+    "AsyncCoupledTrace",
+    "AsyncCoupling",
     "ComputeTime",
     "DASGDState",
     "DASGDTrace",
@@ -79,6 +102,7 @@ __all__ = [
     "DelayModel",
     "DelayedState",
     "DelayedTrace",
+    "FORCE_AT",
     "GEMState",
     "GossipState",
     "GossipTrace",
@@ -86,6 +110,13 @@ __all__ = [
     "RingBuffer",
     "TOPOLOGIES",
     "adaptive_staleness_rate",
+    "async_coupled",
+    "async_coupled_init",
+    "async_coupled_record",
+    "async_coupled_step",
+    "async_eamsgd",
+    "async_easgd",
+    "async_quorum_sgd",
     "categorical_delay",
     "compute_time",
     "constant_delay",
@@ -106,6 +137,7 @@ __all__ = [
     "ring_buffer_init",
     "ring_buffer_push",
     "ring_buffer_read",
+    "run_async_coupled",
     "run_dasgd",
     "run_gossip",
     "run_pool",
