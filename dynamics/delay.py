@@ -444,9 +444,13 @@ class DelayedEuler(diffrax.AbstractItoSolver):
         history, k = solver_state
         h = self.step_size
         # The buffer is indexed in steps of h: a step of another length would misread it.
+        # The tolerance allows the rounding of t0 + k·h in the time's dtype (float32 times
+        # drift by a few ulps of t per step), far below a wrong step length.
+        eps = jnp.finfo(jnp.result_type(t0, t1)).eps
+        slack = 1e-6 * h + 16 * eps * jnp.maximum(jnp.abs(t0), jnp.abs(t1))
         t1 = eqx.error_if(
             t1,
-            jnp.abs((t1 - t0) - h) > 1e-6 * h,
+            jnp.abs((t1 - t0) - h) > slack,
             f"DelayedEuler needs constant steps of its step_size h={h} (ConstantStepSize, "
             "dt0 = h, t1 − t0 a whole number of steps)",
         )

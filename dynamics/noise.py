@@ -97,7 +97,9 @@ class IsotropicNoise(AbstractNoise):
     def is_zero(self):
         if isinstance(self.sigma, jax.core.Tracer):
             return False
-        return bool(self.sigma == 0.0)
+        # NumPy, not `==` on the array: inside a `jit` that closes over the system, a jnp
+        # comparison of even a concrete σ is staged (a tracer, not a bool).
+        return bool(np.all(np.asarray(self.sigma) == 0.0))
 
 
 class DiagonalNoise(AbstractNoise):

@@ -196,3 +196,17 @@ def test_delayed_feedback_loses_stability_at_a_tau_pi_over_two(factor, grows):
     sol = solve_delayed(system, jnp.ones((1, 1)), t1=60.0, step_size=tau / d, saveat=601)
     late = np.abs(np.asarray(sol.x[-100:])).max()
     assert (late > 10.0) if grows else (late < 0.1)
+
+
+def test_float32_times_pass_the_step_check(getkey):
+    # t0 + k·h rounds in float32 (h = 0.01 is not a binary fraction): the solver's step
+    # check must allow that rounding and still run the same steps.
+    sde = CoupledSystem(Quadratic([1.0]), MeanField(2.0), IsotropicNoise(0.1))
+    key = getkey()
+    with jax.enable_x64(False), pytest.warns(UserWarning, match="float64"):
+        low = solve_delayed(
+            DelayedSystem(sde, coupling_delay=10), jnp.ones((3, 1), jnp.float32), t1=0.5,
+            step_size=0.01, key=key, saveat=3,
+        )  # fmt: skip
+    assert low.x.dtype == jnp.float32 and int(low.num_steps) == 50
+    assert np.all(np.isfinite(np.asarray(low.x)))

@@ -295,3 +295,13 @@ def test_single_save_time_is_the_final_state_of_a_dense_save(getkey):
         last = solve(system, x0, t1=0.5, step_size=0.01, key=key, saveat=saveat)
         assert last.x.shape == (1, 3, 2) and float(last.ts[0]) == 0.5
         np.testing.assert_allclose(last.x[0], dense.x[-1], rtol=0, atol=1e-12)
+
+
+def test_zero_noise_is_an_ode_inside_jit():
+    # A system closed over by `jit` keeps σ concrete: `is_zero` must still see σ = 0 (no
+    # key needed), rather than staging the comparison into a tracer.
+    ode = CoupledSystem(Quadratic([1.0]), MeanField(2.0), IsotropicNoise(0.0))
+    x0 = jnp.ones((3, 1))
+    inside = jax.jit(lambda: solve(ode, x0, t1=1.0, step_size=0.125, saveat=3).x)()
+    outside = solve(ode, x0, t1=1.0, step_size=0.125, saveat=3).x
+    np.testing.assert_allclose(inside, outside, rtol=1e-12)
