@@ -218,7 +218,13 @@ def pool_step(
         order = jnp.argsort(state.finish_time, stable=True)
         workers = order[:num_arrivals]
     pulled = state.pull_version[workers]
-    snaps = jax.tree.map(lambda s: s[workers], state.snapshots)
+    if num_arrivals == 1:
+        # One arrival: a dynamic slice (no gather) of the worker's row; bitwise the same.
+        snaps = jax.tree.map(
+            lambda s: jax.lax.dynamic_slice_in_dim(s, workers[0], 1), state.snapshots
+        )
+    else:
+        snaps = jax.tree.map(lambda s: s[workers], state.snapshots)
     staleness = state.version - pulled
     losses, grads = jax.vmap(grad_fn)(snaps, _worker_keys(key_grad, workers, pulled))
     step, opt_state = rule.update(
@@ -228,11 +234,20 @@ def pool_step(
     clock = jnp.max(state.finish_time[workers])
     new_times = times.sample(key_time, workers)
     finish_time = state.finish_time.at[workers].set(clock + new_times)
-    snapshots = jax.tree.map(
-        lambda s, p: s.at[workers].set(jnp.broadcast_to(p, (num_arrivals,) + jnp.shape(p))),
-        state.snapshots,
-        params,
-    )
+    if num_arrivals == 1:
+        # In place in the scan's carry (dynamic-update-slice, not a scatter); bitwise the same.
+        snapshots = jax.tree.map(
+            lambda s, p: jax.lax.dynamic_update_slice_in_dim(s, p[None].astype(s.dtype),
+                                                             workers[0], 0),
+            state.snapshots,
+            params,
+        )  # fmt: skip
+    else:
+        snapshots = jax.tree.map(
+            lambda s, p: s.at[workers].set(jnp.broadcast_to(p, (num_arrivals,) + jnp.shape(p))),
+            state.snapshots,
+            params,
+        )
     version = state.version + 1
     pull_version = state.pull_version.at[workers].set(version)
     new_state = PoolState(params, opt_state, snapshots, pull_version, finish_time, clock, version)
