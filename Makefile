@@ -28,8 +28,8 @@ demo: $(STAMP)
 # it is split into three independent parts of 20-40 minutes (run them anywhere, in any order);
 # `make reproduce` runs all three, the quick mode, the reports and the table.
 REPRODUCE_1 = noise_reduction continuous_vs_discrete smoothing staleness_aware
-REPRODUCE_2 = nonconvex_stabilization convex_bounds delay_stability gem_scaling sde_weak_order
-REPRODUCE_3 = broadcast_success easgd_regularization async_generalization decentralized svag_networks
+REPRODUCE_2 = nonconvex_stabilization convex_bounds delay_stability delay_coupling gem_scaling sde_weak_order
+REPRODUCE_3 = broadcast_success easgd_regularization async_generalization decentralized async_easgd svag_networks
 
 reproduce: reproduce-1 reproduce-2 reproduce-3 $(STAMP)
 	$(PY) -m experiments report --out docs/results

@@ -1,11 +1,13 @@
 """The experiments, in report order (an explicit tuple of modules, no import-time magic)."""
 
 from . import (
+    async_easgd,
     async_generalization,
     broadcast_success,
     continuous_vs_discrete,
     convex_bounds,
     decentralized,
+    delay_coupling,
     delay_stability,
     easgd_regularization,
     gem_scaling,
@@ -29,10 +31,12 @@ EXPERIMENTS = (
     broadcast_success,
     easgd_regularization,
     delay_stability,
+    delay_coupling,
     staleness_aware,
     gem_scaling,
     async_generalization,
     decentralized,
+    async_easgd,
 )
 
 
