@@ -9,6 +9,10 @@ temporaries + arguments + outputs − aliased bytes. A least-squares line
 parameters (`slope / (params × 4 bytes)`): the model predicts one copy per worker (per slot).
 
 Model: the MLP 40 → 100 → 100 → 10 on MNIST-1D of `bench_async` (15,210 float32 params).
+The delay SDE (`dynamics.solve_delayed`: `DelayedEuler` keeps D + 1 states in its solver
+state, O(D × state)) is measured the same way against its delay D in steps, with N = 64
+agents in d = 100 on a quadratic, mean-field coupling read D steps late; its unit is one
+copy of the positions (N·d float32).
 Nothing is run, only compiled, so this benchmark takes seconds.
 """
 
@@ -64,6 +68,23 @@ def _fit(sizes, peaks, param_bytes: int) -> dict:
     }
 
 
+def _sdde_bytes(delay_steps: int, num_agents: int = 64, dim: int = 100) -> dict:
+    import jax.numpy as jnp
+
+    from dynamics import CoupledSystem, DelayedSystem, IsotropicNoise, MeanField, Quadratic
+    from dynamics.delay import solve_delayed
+
+    system = DelayedSystem(
+        CoupledSystem(Quadratic(np.linspace(0.5, 2.0, dim)), MeanField(1.0), IsotropicNoise(0.1)),
+        coupling_delay=delay_steps,
+    )
+
+    def run(x0, key):
+        return solve_delayed(system, x0, t1=0.1, step_size=0.01, key=key, saveat=1).x
+
+    return _compiled_bytes(run, jnp.zeros((num_agents, dim), jnp.float32), jax.random.key(0))
+
+
 def main(sizes=SIZES) -> dict:
     grad_fn, params = _grad_fn_and_params()
     num_params = int(sum(p.size for p in jax.tree.leaves(params)))
@@ -94,10 +115,16 @@ def main(sizes=SIZES) -> dict:
         "goal": f"memory linear in W and τ_max (R² >= {R2_MIN}) with at most {COPIES_MAX} "
         "parameter copies per worker / delay slot",
     }
-    for name, measure in (("pool_workers", pool), ("delay_tau_max", delayed)):
+    state_bytes = 64 * 100 * 4  # the SDDE's positions, N·d float32
+    for name, measure, unit in (
+        ("pool_workers", pool, param_bytes),
+        ("delay_tau_max", delayed, param_bytes),
+        ("sdde_delay", _sdde_bytes, state_bytes),
+    ):
         rows = [measure(int(s)) for s in sizes]
-        fit = _fit(sizes, [r["peak_bytes"] for r in rows], param_bytes)
-        model = [fit["base_bytes"] + param_bytes * s for s in sizes]  # one copy per unit
+        fit = _fit(sizes, [r["peak_bytes"] for r in rows], unit)
+        model = [fit["base_bytes"] + unit * s for s in sizes]  # one copy per unit
         result[name] = {"measured": rows, "model_one_copy_bytes": model, **fit}
-    result["goal_met"] = {k: result[k]["goal_met"] for k in ("pool_workers", "delay_tau_max")}
+    keys = ("pool_workers", "delay_tau_max", "sdde_delay")
+    result["goal_met"] = {k: result[k]["goal_met"] for k in keys}
     return result

@@ -62,3 +62,13 @@ def test_make_reproduce_parts_cover_every_experiment_once():
     parts = re.findall(r"^REPRODUCE_\d+ = (.*)$", makefile, re.MULTILINE)
     names = [name for part in parts for name in part.split()]
     assert len(parts) >= 2 and sorted(names) == sorted(m.NAME for m in EXPERIMENTS)
+
+
+def test_readme_benchmark_table_is_generated_from_the_shipped_json():
+    from benchmarks import plot
+
+    results = ROOT / "benchmarks" / "results"
+    assert sorted(p.stem for p in results.glob("*.json")), "no shipped benchmark results"
+    assert plot.update_readme(ROOT / "README.md", results, check=True), (
+        "README.md's benchmark table is stale: run `python -m benchmarks.plot --readme README.md`"
+    )
