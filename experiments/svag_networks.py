@@ -25,7 +25,7 @@ equally spaced records:
 - SGD: `run_agents(optax.sgd(η), …, model_minibatch_oracle(landscape, B))`;
 - SVAG-l for l in `amplifications` (2, 4, 8): `run_svag(optax.sgd, …, amplification=l)`;
 - the SDE: `solve` on `CoupledSystem(ModelLandscape, noise=MinibatchNoise(…, B, η,
-  kind="exact"))`, Euler–Maruyama with step dt = η/`sde_refinement` (8 = l_max; quick: 4).
+  kind="exact"))`, Euler–Maruyama with step dt = η/`sde_refinement` (8 = l_max; quick: 2).
 
 At each record the full training loss f(θ) and the test accuracy are evaluated.
 
@@ -100,13 +100,14 @@ predicts, and the SDE is not a model of SGD. The quorum-coupled networks at η =
 well (gaps 0.002 against SVAG-8 and 0.001 against the SDE). The coupled SDE (32 agent paths
 of 3200 Euler steps with the exact noise, 115 s) takes most of the wall time.
 
-Quick mode (`QUICK`: 4 seeds, T = 10, SVAG-2 and SVAG-8, SDE step η/4, no step-cost timing)
-decides the same claims in about 56 s on two idle cores (69 s measured for the shipped run,
-made while other work shared the cores): η = 0.05 gaps 0.003 [0.002, 0.012] against SVAG-8
-and 0.007 [0, 0.016] against the SDE, gap growth 0.16 [0.13, 0.26], quorum gaps 0.003 and
-0.004. An earlier quick protocol (SVAG-2/4/8, SDE step η/8, one compiled runner per coupled
-seed) took 100 s with the same verdicts; one with SVAG-4 as the largest l was inconclusive on
-the gap growth (0.04 [−0.01, 0.19]: SVAG-4 is closer to SGD at large η), so SVAG-8 stays.
+Quick mode (`QUICK`: 4 seeds, T = 10, SVAG-2 and SVAG-8, SDE step η/2, no step-cost timing)
+decides the same claims in 55-61 s on two cores (two runs): η = 0.05 gaps 0.003 [0.002, 0.012]
+against SVAG-8 and 0.005 [0, 0.014] against the SDE, gap growth 0.16 [0.13, 0.26], quorum gaps
+0.003 and 0.002. Earlier quick protocols had the same verdicts and took longer: SVAG-2/4/8 with
+the SDE step η/8 and one compiled runner per coupled seed, 100 s; SVAG-2/8 with the SDE step
+η/4, 56-78 s depending on the machine's load (the two-core machine's speed varied by a third
+during one session). One with SVAG-4 as the largest l was inconclusive on the gap growth (0.04
+[−0.01, 0.19]: SVAG-4 is closer to SGD at large η), so SVAG-8 stays.
 The coupled SGD and SVAG runs are vmapped over the seeds (one compiled program each).
 
 What would change the verdicts: a smaller tolerance (the small-η gap is a few thousandths of
@@ -217,8 +218,8 @@ class Config:
 
 
 # Quick (under a minute on two cores): half the time, four seeds, SVAG-2 and SVAG-8 only (the
-# claims compare SVAG-8), the SDE at dt = η/4, no step-cost timing; same η and tolerance.
-QUICK = dict(time=10.0, seeds=4, amplifications=(2, 8), sde_refinement=4, measure_step_costs=False)
+# claims compare SVAG-8), the SDE at dt = η/2, no step-cost timing; same η and tolerance.
+QUICK = dict(time=10.0, seeds=4, amplifications=(2, 8), sde_refinement=2, measure_step_costs=False)
 
 
 def methods(config) -> tuple[str, ...]:
