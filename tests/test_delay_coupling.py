@@ -128,6 +128,7 @@ def test_unstable_compares_the_late_and_mid_windows():
     assert dc._unstable(amplitude, 10).tolist() == [False, True, True, True]
 
 
+@pytest.mark.slow  # ~15 s on two cores: the unit tests above cover the parts
 def test_tiny_run_brackets_the_closed_forms(getkey):
     config = dataclasses.replace(dc.Config(), **TINY)
     with jax.enable_x64(False):  # as the CLI runs it: float32

@@ -41,7 +41,7 @@ def draws(seed):
     out.append(jax.lax.scan(step, jnp.zeros((3, 2)), jnp.arange(17))[0])
     return out
 arrays = jax.jit(draws)(3) + draws(11)
-np.savez(sys.argv[1], *[np.asarray(a) for a in arrays])
+np.savez({out!r}, *[np.asarray(a) for a in arrays])
 """
 
 
@@ -49,8 +49,12 @@ def _draw_in_subprocess(tmp_path, name, env_value, setup):
     path = tmp_path / f"{name}.npz"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     env["COUPLED_SGD_ROLLED_THREEFRY"] = env_value
-    code = PROGRAM.format(setup=setup)
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=env, timeout=300)
+    code = PROGRAM.format(setup=setup, out=str(path))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+    return _load(path)
+
+
+def _load(path):
     with np.load(path) as f:
         return [f[k] for k in sorted(f.files, key=lambda s: int(s.split("_")[1]))]
 
@@ -66,10 +70,13 @@ def test_unrolled_lowering_is_active_on_import():
 def test_unrolled_draws_are_bit_identical_to_jax_default(tmp_path):
     # With the opt-out variable the library leaves JAX's default (rolled) lowering in place;
     # the assertion in `setup` fails the subprocess (check=True) if the opt-out is ignored.
+    # The same program then runs here, where `dynamics` is imported (the unrolled lowering).
+    assert rng.unrolled_threefry_active()
     rolled = "import dynamics; assert not dynamics.rng.unrolled_threefry_active()"
     default = _draw_in_subprocess(tmp_path, "rolled", "1", rolled)
-    setup = "import dynamics; assert dynamics.rng.unrolled_threefry_active()"
-    unrolled = _draw_in_subprocess(tmp_path, "unrolled", "", setup)
+    path = tmp_path / "unrolled.npz"
+    exec(compile(PROGRAM.format(setup="", out=str(path)), "draws", "exec"), {"__name__": "draws"})
+    unrolled = _load(path)
     assert len(default) == len(unrolled) == 16
     for a, b in zip(default, unrolled):
         assert a.dtype == b.dtype and a.shape == b.shape

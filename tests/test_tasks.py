@@ -96,21 +96,32 @@ def test_mnist1d_leaves_global_random_state_alone(monkeypatch):
 
 
 def test_mnist1d_disk_cache_round_trip_and_bad_files(tmp_path, monkeypatch):
+    # The generator is replaced by a cheap stand-in of the right shapes and dtypes that counts
+    # its calls: what is tested is the cache (write, read back, reject bad files), not
+    # MNIST-1D itself (the other tests load the real arrays).
+    rng = np.random.default_rng(0)
+    fake = (
+        rng.normal(size=(datasets_module.MNIST1D_NUM_TRAIN, datasets_module.MNIST1D_LENGTH)),
+        rng.integers(0, 10, datasets_module.MNIST1D_NUM_TRAIN).astype(np.int32),
+        rng.normal(size=(7, datasets_module.MNIST1D_LENGTH)),
+        rng.integers(0, 10, 7).astype(np.int32),
+    )
+    calls = []
+    monkeypatch.setattr(datasets_module, "_make_mnist1d", lambda: calls.append(1) or fake)
     monkeypatch.setenv("COUPLED_SGD_CACHE", str(tmp_path))
     path = datasets_module.mnist1d_cache_path()
     assert path.startswith(str(tmp_path)) and path.endswith(".npz")
-    generated = datasets_module._make_mnist1d()
     datasets_module._generate_mnist1d.cache_clear()
     try:
         first = datasets_module._generate_mnist1d()  # generates and writes the file
-        assert os.path.exists(path)
-        for a, b in zip(first, generated):
-            np.testing.assert_array_equal(a, b)
-            assert a.dtype == b.dtype
+        assert len(calls) == 1 and os.path.exists(path)
         datasets_module._generate_mnist1d.cache_clear()
-        cached = datasets_module._read_mnist1d_cache(path)
-        for a, b in zip(cached, generated):
-            np.testing.assert_array_equal(a, b)
+        again = datasets_module._generate_mnist1d()  # read back from disk, not regenerated
+        assert len(calls) == 1
+        for a, b, c in zip(first, again, fake):
+            np.testing.assert_array_equal(a, c)
+            np.testing.assert_array_equal(b, c)
+            assert b.dtype == c.dtype
         # A truncated or foreign file is not trusted: it is regenerated and rewritten.
         with open(path, "wb") as f:
             f.write(b"not an npz")
@@ -118,9 +129,9 @@ def test_mnist1d_disk_cache_round_trip_and_bad_files(tmp_path, monkeypatch):
         np.savez(path, x=np.zeros((3, 40)), y=np.zeros(3, np.int32), x_test=np.zeros((1, 40)),
                  y_test=np.zeros(1, np.int32))  # fmt: skip
         assert datasets_module._read_mnist1d_cache(path) is None
-        again = datasets_module._generate_mnist1d()
-        np.testing.assert_array_equal(again[0], generated[0])
-        assert datasets_module._read_mnist1d_cache(path) is not None
+        datasets_module._generate_mnist1d.cache_clear()
+        datasets_module._generate_mnist1d()
+        assert len(calls) == 2 and datasets_module._read_mnist1d_cache(path) is not None
         # An empty setting disables the disk cache.
         monkeypatch.setenv("COUPLED_SGD_CACHE", "")
         assert datasets_module.mnist1d_cache_path() is None
