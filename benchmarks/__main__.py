@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 
 BENCHMARKS = (
+    "bench_rng",
     "bench_sde",
     "bench_sde_peers",
     "bench_training",

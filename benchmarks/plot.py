@@ -49,6 +49,17 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str, str]]
                 )
         if training.get("torch", "").startswith("skipped"):
             rows.append(("1. training", "PyTorch peers", training["torch"], "—", "—"))
+    rng = results.get("bench_rng")
+    if rng:
+        rows.append(
+            (
+                f"2. random numbers, {rng['numbers_per_step']:,} per step",
+                "threefry, `dynamics.rng`'s unrolled lowering vs JAX's default CPU lowering",
+                f"bits {rng['speedup_bits']:.1f}×, normals {rng['speedup_normals']:.1f}× faster",
+                "the same numbers",
+                _met(rng["same_numbers"]),
+            )
+        )
     sde = results.get("bench_sde")
     if sde:
         goal = sde.get("goal_ratio_max", 1.3)

@@ -1,16 +1,17 @@
 """The CPU lowering of JAX's threefry generator: unrolled instead of rolled loops.
 
-Why this module exists. Every noisy hot path here draws random numbers each step (the
-Brownian increment of an SDE step, the minibatch indices of a training step, the arrival
-times of the asynchronous pool). JAX's default CPU lowering of the `threefry2x32` primitive
-emits its 20 rounds as rolled `while` loops (several tiny loops per draw), which XLA's CPU
-backend runs slowly: on a 2-core machine it was about 65 % of an Euler–Maruyama step of
-`dynamics.solve` (N = 256, d = 100). JAX also has an unrolled lowering of the same function,
-which it uses on every other platform; it computes the same bits (the same arithmetic in
-the same order, only not in a loop). Registering that lowering for the CPU makes the draws
-several times cheaper and leaves every random stream, and so every stored result,
-unchanged. (`rbg` keys are faster on accelerators but slower on CPU for these sizes, and
-they change the stream; drawing a block of steps' noise at once changes the stream too.)
+Why this module exists. Every noisy hot path here draws random numbers each step (the Brownian
+increment of an SDE step, the minibatch indices of a training step, the arrival times of the
+asynchronous pool). JAX's default CPU lowering of the `threefry2x32` primitive emits its 20
+rounds as rolled `while` loops (several tiny loops per draw), which XLA's CPU backend runs
+slowly: on a 2-core machine the draws were most of an Euler–Maruyama step of `dynamics.solve`
+(N = 256, d = 100; `make bench` reports what the pieces of a step cost now). JAX also has an
+unrolled lowering of the same function, the generic rule it registers for all platforms (the
+CPU rule overrides it); it computes the same bits (the same arithmetic in the same order, only
+not in a loop). Registering it for the CPU makes the draws several times cheaper (`python -m
+benchmarks bench_rng` measures both lowerings) and leaves every random stream, and so every
+stored result, unchanged. (Other generators, such as `rbg` keys, or drawing a block of steps'
+noise at once, would change the stream.)
 
 It is a private JAX API (`jax._src`), so it is confined here: `use_unrolled_threefry()` is
 called once when `dynamics` is imported, checks the JAX version and the names it needs, and
@@ -18,8 +19,9 @@ falls back to JAX's default (returning False) if anything is missing. Set the en
 variable `COUPLED_SGD_ROLLED_THREEFRY=1` before importing to keep JAX's default lowering.
 tests/test_rng.py checks that the draws are bit-identical with and without it.
 
-The unrolled lowering is emitted as one out-of-line function per compiled program, so it
-adds a little compile time, once.
+The unrolled lowering is emitted as one out-of-line function per compiled program that draws
+random numbers, so each such program takes a little longer to compile (within the noise of
+our compile-time checks).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import jax
 
 __all__ = ["use_unrolled_threefry", "unrolled_threefry_active"]
 
-# JAX versions on which the private names below were checked (the lowering rules have the
-# same names and meaning from 0.4.36 to 0.10.x).
-_TESTED = ((0, 4, 36), (0, 11, 0))
+# JAX versions on which the private names below were checked: 0.10.x (constraints.txt pins
+# 0.10.2). Outside this range JAX's default lowering is kept.
+_TESTED = ((0, 10, 0), (0, 11, 0))
 _ENV = "COUPLED_SGD_ROLLED_THREEFRY"
 _active = False
 

@@ -40,7 +40,7 @@ def draws(seed):
         return c + jr.normal(jr.fold_in(key, k), c.shape), None
     out.append(jax.lax.scan(step, jnp.zeros((3, 2)), jnp.arange(17))[0])
     return out
-arrays = jax.jit(draws)(3) + draws(11)
+arrays = jax.jit(draws)(3) + jax.jit(draws)(11)
 np.savez({out!r}, *[np.asarray(a) for a in arrays])
 """
 
