@@ -41,12 +41,12 @@ reproduce-1 reproduce-2 reproduce-3: $(STAMP)
 		$(PY) -m experiments run $$name --quiet --out docs/results || exit 1; done
 
 # One pytest worker per CPU, at most 4 (pytest-xdist; `make test TEST_WORKERS=1` runs in one
-# process); tests are spread one by one (`loadgroup`), except the sharding and multi-process
-# modules, each kept on one worker (`xdist_group`) so its module-scoped fixture starts once.
+# process); a test module stays on one worker, so its module-scoped fixtures (the sharding and
+# multi-process runs) start once.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadscope

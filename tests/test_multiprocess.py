@@ -23,9 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# One worker runs this module: its module-scoped fixture starts processes once.
-pytestmark = pytest.mark.xdist_group("multiprocess")
-
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120
 NUM_AGENTS, DIM = 8, 5

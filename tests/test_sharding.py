@@ -19,9 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# One worker runs this module: its module-scoped fixture starts processes once.
-pytestmark = pytest.mark.xdist_group("sharding")
-
 REPO = Path(__file__).resolve().parents[1]
 NUM_DEVICES = 4
 TIMEOUT_S = 150
