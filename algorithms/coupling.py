@@ -86,6 +86,17 @@ def _at(value: optax.ScalarOrSchedule, count: jax.Array):
     return value(count) if callable(value) else value
 
 
+def _check_update_args(rule: AbstractCoupling, params, losses) -> None:
+    """The coupling transforms' `update` needs the params, and the losses if the rule reads
+    them (a ValueError says which)."""
+    if params is None:
+        raise ValueError(
+            "add_coupling_force needs the agents' params: call update(grads, state, params)"
+        )
+    if rule.needs_losses and losses is None:
+        raise ValueError(f"{type(rule).__name__} needs the agents' losses: pass losses=(N,)")
+
+
 def add_coupling_force(
     rule: AbstractCoupling,
     step_size: optax.ScalarOrSchedule,
@@ -140,12 +151,7 @@ def add_coupling_force(
 
     def update_fn(updates, state, params=None, *, losses=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError(
-                "add_coupling_force needs the agents' params: call update(grads, state, params)"
-            )
-        if rule.needs_losses and losses is None:
-            raise ValueError(f"{type(rule).__name__} needs the agents' losses: pass losses=(N,)")
+        _check_update_args(rule, params, losses)
         h = _at(step_size, state.count)
         force = rule.force(params, state.aux, losses)
         out = jax.tree.map(lambda g, f: eta * g - f, updates, force)
@@ -171,12 +177,7 @@ def _delayed_coupling_force(rule, step_size, eta, aux_gradient_fn, delay, delay_
 
     def update_fn(updates, state, params=None, *, losses=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError(
-                "add_coupling_force needs the agents' params: call update(grads, state, params)"
-            )
-        if rule.needs_losses and losses is None:
-            raise ValueError(f"{type(rule).__name__} needs the agents' losses: pass losses=(N,)")
+        _check_update_args(rule, params, losses)
         h = _at(step_size, state.count)
         history = state.history
         entry_losses = None

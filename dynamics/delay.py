@@ -56,11 +56,10 @@ from jaxtyping import Array, Int
 from .coupling import AbstractCoupling
 from .solve import (
     Solution,
-    _brownian_path,
     _check_brownian,
     _check_interval,
     _save_at,
-    terms,
+    _solve,
 )
 from .system import AgentState, CoupledSystem
 from .types import GradientField, PyTree
@@ -529,26 +528,8 @@ def solve_delayed(
         raise ValueError("key is required for a noisy system (σ > 0)")
     save = _save_at(saveat, t0, t1)
     state0 = system.init(jnp.asarray(x0), v0)
-    return _solve_delayed(
-        system, solver, state0, key, t0, t1, h, save, brownian if noisy else None, num_steps
-    )
-
-
-@eqx.filter_jit
-def _solve_delayed(system, solver, state0, key, t0, t1, h, save, brownian, num_steps):
-    levy = diffrax.BrownianIncrement
-    path = _brownian_path(system, state0.x.shape[0], brownian, key, t0, t1, h, levy)
-    sol = diffrax.diffeqsolve(
-        terms(system, path),
-        solver,
-        t0,
-        t1,
-        h,
-        state0,
-        saveat=save,
-        stepsize_controller=diffrax.ConstantStepSize(),
-        max_steps=num_steps,
-        adjoint=diffrax.ForwardMode(),
-    )
-    y = sol.ys
-    return Solution(sol.ts, y.x, y.v, y.aux, sol.stats["num_steps"])
+    # `solve`'s compiled integration, with fixed steps (the tolerances are then unused).
+    return _solve(
+        system, state0, key, t0, t1, h, solver, save, brownian if noisy else None,
+        False, 1e-3, 1e-6, num_steps,
+    )  # fmt: skip
