@@ -1,4 +1,11 @@
-"""`python -m benchmarks [NAME ...]`: run benchmarks, write JSON to benchmarks/results/."""
+"""`python -m benchmarks [NAME ...]`: run benchmarks, write JSON to benchmarks/results/.
+
+On a machine without an accelerator the process exposes one CPU device per core
+(`jax_num_cpu_devices`, set before JAX starts; `COUPLED_SGD_BENCH_CPU_DEVICES=k` chooses k),
+so the training benchmarks can also time the agent axis sharded over the cores, the
+project's documented way to use a multi-core CPU (docs/scaling.md). Programs that are not
+sharded run on the first device as in any other process.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +53,19 @@ def machine() -> dict:
     }
 
 
+def cpu_devices() -> int:
+    """CPU devices to expose: `COUPLED_SGD_BENCH_CPU_DEVICES`, else one per core."""
+    value = os.environ.get("COUPLED_SGD_BENCH_CPU_DEVICES", "")
+    if not value:
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"COUPLED_SGD_BENCH_CPU_DEVICES must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def main(argv: list[str]) -> int:
+    # Before anything starts JAX's backends; it has no effect on accelerator devices.
+    jax.config.update("jax_num_cpu_devices", cpu_devices())
     names = argv or [n for n in BENCHMARKS if importlib.util.find_spec(f"benchmarks.{n}")]
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)

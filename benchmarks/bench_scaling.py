@@ -12,7 +12,9 @@ The step is `bench_training`'s (MLP 40 → 100 → 100 → 10 on MNIST-1D, batch
 compiled once per N; its work is counted as `6 × params × batch` FLOPs per agent-step (the
 forward and backward matmuls; element-wise work and minibatch gathers are not counted). The
 reference rate is a jitted `float32` matmul of two `MATMUL_SIZE²` matrices (2n³ FLOPs).
-On several devices the agent axis is sharded over all of them (`bench_training`).
+When there are several local devices (on a CPU-only machine, `python -m benchmarks` makes
+one per core) and their number D divides N, the agent axis is sharded over them
+(`bench_training.shardable_devices`); each row records its D.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .bench_training import flops_per_agent_step, jax_training, params_per_agent
+from .bench_training import (
+    flops_per_agent_step,
+    jax_training,
+    params_per_agent,
+    shardable_devices,
+)
 from .timing import time_alternating
 
 AGENTS = (1, 4, 16, 64, 256, 1024)
@@ -60,12 +67,15 @@ def main(repeats: int = 3, agents=AGENTS, agent_steps: int = AGENT_STEPS) -> dic
     rows = []
     for n in agents:
         steps = max(agent_steps // n, 2)
-        timing = time_alternating({"jax": jax_training(n, steps)}, repeats)["jax"]
+        devices = shardable_devices(n)
+        run = jax_training(n, steps, devices=devices)
+        timing = time_alternating({"jax": run}, repeats)["jax"]
         step_s = timing["median_s"] / steps
         rate = n * per_agent / step_s
         rows.append(
             {
                 "agents": n,
+                "devices": devices,
                 "steps": steps,
                 "time_per_step_s": step_s,
                 "agent_steps_per_s": n / step_s,

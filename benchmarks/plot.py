@@ -35,13 +35,15 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str, str]]
     if training:
         goals, met = training["goals_speedup_min"], training["goal_met"]
         for n, entry in training["per_agents"].items():
-            jax_rate = entry["agent_steps_per_s"]["jax"]
+            best = entry.get("best_jax", "jax")
+            jax_rate = entry["agent_steps_per_s"][best]
+            label = "one device" if best == "jax" else best[4:-1].replace("dev", "devices")
             for peer, speedup in entry.get("speedup_jax_over", {}).items():
                 at_goal = int(n) == training["goal_agents"]
                 rows.append(
                     (
                         f"1. training, N = {n}",
-                        f"JAX ({jax_rate:,.0f} agent-steps/s) vs {peer}",
+                        f"JAX ({label}, {jax_rate:,.0f} agent-steps/s) vs {peer}",
                         f"{speedup:.1f}× faster",
                         f"≥ {goals[peer]}×" if at_goal else "—",
                         _met(met[peer]) if at_goal else "—",
@@ -201,12 +203,21 @@ def notes(results: dict[str, dict]) -> list[str]:
     at_goal = training.get("per_agents", {}).get(str(training.get("goal_agents")))
     if at_goal and "flops_per_agent_step" in scaling and "matmul_flops_per_s" in scaling:
         rate = at_goal["agent_steps_per_s"]["jax"] * scaling["flops_per_agent_step"]
-        out.append(
-            f"Training at N = {training['goal_agents']} runs at {rate / 1e9:.0f} GFLOP/s of "
-            f"matmul work, {100 * rate / scaling['matmul_flops_per_s']:.0f} % of the rate of "
-            f"one large matmul ({scaling['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s): the "
-            "per-agent matrices are small (batch 32, widths 40-100)."
+        line = (
+            f"Training at N = {training['goal_agents']} on one device runs at {rate / 1e9:.0f} "
+            f"GFLOP/s of matmul work, {100 * rate / scaling['matmul_flops_per_s']:.0f} % of the "
+            f"rate of one large matmul ({scaling['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s): the "
+            "per-agent matrices are small (batch 32, widths 40-100)"
         )
+        sharded = [k for k in at_goal["agent_steps_per_s"] if k.startswith("jax[")]
+        for name in sharded:
+            devices = name[len("jax[") : -len(" dev]")]
+            line += (
+                f"; sharded over {devices} CPU devices, "
+                f"{at_goal['agent_steps_per_s'][name] / at_goal['agent_steps_per_s']['jax']:.2f}×"
+                " the one-device rate"
+            )
+        out.append(line + ".")
     pool = results.get("bench_async", {})
     if "sequential_us_per_gradient" in pool:
         out.append(

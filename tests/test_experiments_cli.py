@@ -28,7 +28,9 @@ def test_list_names_every_experiment(capsys):
         assert module.NAME in out and module.DESCRIPTION in out
 
 
-# noise_reduction also runs end to end in test_reliability (killed and resumed): slow here.
+# One experiment end to end through the CLI is enough for the contract files (noise_reduction,
+# 40 s of compiles, runs in `make test-slow`; its claims' statistics are tested in
+# tests/test_experiments_continuous.py).
 @pytest.mark.parametrize(
     "name", [pytest.param("noise_reduction", marks=pytest.mark.slow), "continuous_vs_discrete"]
 )

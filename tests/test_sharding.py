@@ -133,28 +133,38 @@ def _compute() -> dict[str, np.ndarray]:
     return out
 
 
-def _run_side(tmp_path: Path, num_devices: int) -> dict[str, np.ndarray]:
+def _start_side(tmp_path: Path, num_devices: int) -> tuple[subprocess.Popen, Path]:
     path = tmp_path / f"devices{num_devices}.npz"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
     env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={num_devices}"])
+    proc = subprocess.Popen(
+        [sys.executable, __file__, str(path)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return proc, path
+
+
+def _finish_side(proc: subprocess.Popen, path: Path, num_devices: int) -> dict[str, np.ndarray]:
     try:
-        proc = subprocess.run(
-            [sys.executable, __file__, str(path)], cwd=REPO, env=env, capture_output=True,
-            text=True, timeout=TIMEOUT_S,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"the {num_devices}-device run took over {TIMEOUT_S} s:\n{e.stderr}")
+        _, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(
+            f"the {num_devices}-device run took over {TIMEOUT_S} s:\n{proc.communicate()[1]}"
+        )
     if proc.returncode != 0:
-        pytest.fail(f"the {num_devices}-device run failed ({proc.returncode}):\n{proc.stderr}")
+        pytest.fail(f"the {num_devices}-device run failed ({proc.returncode}):\n{stderr}")
     with np.load(path) as data:
         return dict(data)
 
 
 @pytest.fixture(scope="module")
 def both_sides(tmp_path_factory):
+    # The two processes run side by side: each spends most of its time compiling, on one core.
     tmp_path = tmp_path_factory.mktemp("sharding")
-    return _run_side(tmp_path, 1), _run_side(tmp_path, NUM_DEVICES)
+    started = [(*_start_side(tmp_path, n), n) for n in (1, NUM_DEVICES)]
+    return tuple(_finish_side(*side) for side in started)
 
 
 NAMES = (
