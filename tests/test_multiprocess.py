@@ -156,7 +156,12 @@ def single(tmp_path_factory):
     return dict(np.load(tmp / "single.npz"))
 
 
-@pytest.fixture(scope="module", params=sorted(LAUNCHES))
+# The SLURM launch differs from the by-hand one only in how the processes find each other
+# (jax.distributed's cluster detection): `make test-slow` runs it.
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param("by_hand"), pytest.param("slurm", marks=pytest.mark.slow)],
+)
 def procs(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     variables, flags = LAUNCHES[request.param]

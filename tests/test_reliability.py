@@ -38,9 +38,51 @@ TINY_ASYNC_GENERALIZATION = [
 ]  # fmt: skip
 
 
-def test_killed_experiment_resumes_with_the_same_metrics(tmp_path, monkeypatch, capsys):
-    name = "async_generalization"
-    args = ["run", name, "--quick", "--quiet", "--seed", "1", *TINY_ASYNC_GENERALIZATION]
+def _toy_experiment():
+    """A complete experiment module in miniature: five cached pieces of random draws."""
+    import dataclasses
+    import types
+
+    from matplotlib.figure import Figure
+
+    from experiments.harness.contract import claim_less
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        pieces: int = 5
+        draws: int = 64
+
+    def run(config, key, cache):
+        rows = [
+            cache.cached(
+                f"piece{i}",
+                lambda i=i: {"x": np.asarray(jax.random.normal(jax.random.fold_in(key, i),
+                                                               (config.draws,)))},
+            )["x"]
+            for i in range(config.pieces)
+        ]  # fmt: skip
+        return {"x": np.stack(rows)}
+
+    def metrics(results, config):
+        return {"mean": float(results["x"].mean()), "std": float(results["x"].std())}
+
+    def claims(results, config):
+        return [claim_less("mean_small", "|mean| < 1", abs(float(results["x"].mean())), 1.0)]
+
+    def plot(results, config):
+        fig = Figure()
+        fig.add_subplot().hist(results["x"].ravel())
+        return {"toy": fig}
+
+    return types.SimpleNamespace(
+        NAME="toy", DESCRIPTION="five cached pieces", Config=Config, QUICK={}, run=run,
+        metrics=metrics, claims=claims, plot=plot,
+    )  # fmt: skip
+
+
+def _kill_and_resume(run_cli, name, args, tmp_path, monkeypatch):
+    """Run clean; run again killed after two finished pieces; resume. Returns the two
+    metrics (without wall time) and checks that the resumed run computed only the rest."""
     original = cache_module.RunCache.cached
 
     def counting(into):
@@ -51,7 +93,7 @@ def test_killed_experiment_resumes_with_the_same_metrics(tmp_path, monkeypatch, 
 
     pieces = []
     monkeypatch.setattr(cache_module.RunCache, "cached", counting(pieces))
-    assert main([*args, "--out", str(tmp_path / "clean")]) == 0
+    assert run_cli([*args, "--out", str(tmp_path / "clean")]) == 0
     clean = json.loads((tmp_path / f"clean/{name}/metrics.json").read_text())
     assert len(pieces) == len(set(pieces)) >= 4
 
@@ -66,15 +108,36 @@ def test_killed_experiment_resumes_with_the_same_metrics(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(cache_module.RunCache, "cached", dying)
     with pytest.raises(KeyboardInterrupt):
-        main([*args, "--out", str(tmp_path / "killed")])
+        run_cli([*args, "--out", str(tmp_path / "killed")])
     assert not (tmp_path / f"killed/{name}/metrics.json").exists()
 
     computed = []
     monkeypatch.setattr(cache_module.RunCache, "cached", counting(computed))
-    assert main([*args, "--out", str(tmp_path / "killed")]) == 0
+    assert run_cli([*args, "--out", str(tmp_path / "killed")]) == 0
     resumed = json.loads((tmp_path / f"killed/{name}/metrics.json").read_text())
     assert computed == pieces[2:]  # the two finished pieces were not recomputed
     del clean["wall_seconds"], resumed["wall_seconds"]
+    return clean, resumed
+
+
+def test_killed_experiment_resumes_with_the_same_metrics(tmp_path, monkeypatch):
+    from experiments.harness.cli import main as harness_main
+
+    toy = _toy_experiment()
+    clean, resumed = _kill_and_resume(
+        lambda argv: harness_main(argv, (toy,)), "toy", ["run", "toy", "--quiet", "--seed", "1"],
+        tmp_path, monkeypatch,
+    )  # fmt: skip
+    assert resumed == clean and clean["claims"][0]["verdict"] == "holds"
+    saved = np.load(tmp_path / "killed/toy/results.npz")["x"]
+    assert np.array_equal(saved, np.load(tmp_path / "clean/toy/results.npz")["x"])
+
+
+@pytest.mark.slow  # 25-50 s on two cores; the toy experiment above checks the same in 2 s
+def test_killed_real_experiment_resumes_with_the_same_metrics(tmp_path, monkeypatch):
+    name = "async_generalization"
+    args = ["run", name, "--quick", "--quiet", "--seed", "1", *TINY_ASYNC_GENERALIZATION]
+    clean, resumed = _kill_and_resume(main, name, args, tmp_path, monkeypatch)
     assert resumed == clean
 
 
