@@ -63,4 +63,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) results benchmarks/results
+	rm -rf $(VENV) results .pytest_cache

@@ -1,6 +1,19 @@
+import os
+from pathlib import Path
+
 import jax
 import jax.random as jr
 import pytest
+
+# Compiled programs are shared through JAX's persistent cache by the two test workers and the
+# subprocesses the tests start (they inherit the variable), so a program that several
+# modules build is compiled once per machine. Keyed by the program and the JAX version.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "xla")
+)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_compilation_cache_max_size", 512 * 2**20)  # least recently used go
 
 # Oracle comparisons need float64; strict promotion catches silent dtype mixing.
 jax.config.update("jax_enable_x64", True)
