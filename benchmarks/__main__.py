@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -70,13 +71,16 @@ def main(argv: list[str]) -> int:
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     info = machine()
+    started = time.perf_counter()
     for name in names:
+        start = time.perf_counter()
         result = importlib.import_module(f"benchmarks.{name}").main()
+        result["seconds"] = time.perf_counter() - start  # make bench must stay under 10 min
         result["machine"] = info
         (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
-        summary = {k: v for k, v in result.items() if k not in ("timings", "machine")}
-        print(f"{name}: {json.dumps(summary)}")
-    print(f"machine: {info}; JSON in {out_dir}")
+        summary = {k: v for k, v in result.items() if k not in ("timings", "machine", "seconds")}
+        print(f"{name} ({result['seconds']:.0f} s): {json.dumps(summary)}")
+    print(f"machine: {info}; {time.perf_counter() - started:.0f} s in all; JSON in {out_dir}")
     from . import plot
 
     print(plot.main(out_dir))
