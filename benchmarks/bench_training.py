@@ -20,9 +20,9 @@ JAX is credited with the faster of its one- and D-device runs, as PyTorch is wit
 faster of its thread settings. For each N the contenders run in alternation
 (`time_alternating`); a JAX run does about `AGENT_STEPS` agent-steps, a PyTorch run about
 `TORCH_AGENT_STEPS` (rates are per agent-step, so the counts need not match; PyTorch has no
-compile cost to amortize). PyTorch runs with one
-intra-op thread and with its default; the speed-up is taken against the faster of the two,
-because on a shared, loaded machine PyTorch's thread pool can lose 5-10× to contention.
+compile cost to amortize). PyTorch runs with one intra-op thread and with its default; the
+speed-up is taken against the faster of the two, because on a shared, loaded machine
+PyTorch's thread pool can lose 5-10× to contention.
 """
 
 from __future__ import annotations
