@@ -220,11 +220,19 @@ def notes(results: dict[str, dict]) -> list[str]:
         out.append(line + ".")
     pool = results.get("bench_async", {})
     if "sequential_us_per_gradient" in pool:
-        out.append(
+        line = (
             f"The pool spends {pool['pool_us_per_gradient']:.0f} µs per applied gradient "
-            f"against {pool['sequential_us_per_gradient']:.0f} µs for sequential SGD (the "
-            "difference: picking the next arrival, its snapshot and its new compute time)."
+            f"against {pool['sequential_us_per_gradient']:.0f} µs for sequential SGD"
         )
+        if "snapshot_us_per_gradient" in pool:
+            line += (
+                f"; sequential SGD that only adds the traffic of {pool['workers']} snapshots "
+                f"(each gradient at a stored copy, the new parameters written back) spends "
+                f"{pool['snapshot_us_per_gradient']:.0f} µs ({pool['snapshot_ratio']:.2f}×), "
+                "the rest is the pool's bookkeeping (next arrival, staleness, per-worker "
+                "keys, new compute time)"
+            )
+        out.append(line + ".")
     if "copy_bandwidth_bytes_per_s" in scaling:
         last = scaling["rows"][-1]
         bound_ms = 1e3 * last["bytes_per_step_bound"] / scaling["copy_bandwidth_bytes_per_s"]

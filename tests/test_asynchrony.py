@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from algorithms import asynchrony as asy
+from experiments.tasks import MLP, init_stacked, minibatch_grad_fn
 
 A_DIAG = np.array([1.0, 0.5, 2.0])
 
@@ -231,6 +232,64 @@ def test_padded_pools_of_several_sizes_share_one_vmapped_program(getkey):
     for i, w in enumerate(sizes):
         assert int(arrivals.worker[i].max()) == w - 1
         assert abs(float(arrivals.staleness[i, 200:].mean()) - (w - 1)) < 0.05 * w
+
+
+def _batched_pool_step(state, key, *, grad_fn, rule, times):
+    """The general pool update with c = 1: sorted arrival order, the arrival's snapshot
+    gathered as a batch of one and its gradient through `vmap` (`pool_step`'s c > 1 path)."""
+    key_grad, key_time = jr.split(key)
+    workers = jnp.argsort(state.finish_time, stable=True)[:1]
+    pulled = state.pull_version[workers]
+    snaps = jax.tree.map(lambda s: s[workers], state.snapshots)
+    keys = jax.vmap(lambda w, v: jr.fold_in(jr.fold_in(key_grad, w), v))(workers, pulled)
+    losses, grads = jax.vmap(grad_fn)(snaps, keys)
+    step, opt_state = rule.update(
+        grads, state.opt_state, state.params, staleness=state.version - pulled,
+        snapshot=snaps, worker=workers,
+    )  # fmt: skip
+    params = optax.apply_updates(state.params, step)
+    clock = jnp.max(state.finish_time[workers])
+    finish_time = state.finish_time.at[workers].set(clock + times.sample(key_time, workers))
+    snapshots = jax.tree.map(lambda s, p: s.at[workers].set(p[None]), state.snapshots, params)
+    version = state.version + 1
+    pull_version = state.pull_version.at[workers].set(version)
+    new = asy.PoolState(params, opt_state, snapshots, pull_version, finish_time, clock, version)
+    return new, (losses, workers)
+
+
+def test_single_arrival_path_is_bitwise_the_batched_update(getkey):
+    """With c = 1 `pool_step` takes the first minimum and calls the gradient without an
+    arrival axis; on an MLP with minibatches it gives bitwise the numbers of the general
+    (sorted, vmapped) update, and ties in completion time go to the smaller worker index."""
+    x = jr.normal(getkey(), (64, 12))
+    y = jr.randint(getkey(), (64,), 0, 3)
+    model = MLP(hidden=(16, 8), num_classes=3)
+    grad_fn = minibatch_grad_fn(model, x, y, 8)
+    params = jax.tree.map(lambda p: p[0], init_stacked(model, getkey(), 1, x[:2]))
+    rule = asy.with_server_momentum(asy.staleness_aware_rate(0.05), 0.5)
+    key = getkey()
+    for times in (asy.compute_time("exponential", 5), asy.compute_time("constant", 3)):
+        res = jax.jit(
+            lambda k, t=times: asy.run_pool(
+                grad_fn, rule, params, k, times=t, num_arrivals=1, num_steps=30
+            )
+        )(key)
+
+        @jax.jit
+        def reference(key, times=times):
+            def step(state, k):
+                return _batched_pool_step(
+                    state, jr.fold_in(key, k), grad_fn=grad_fn, rule=rule, times=times
+                )
+
+            state = asy.pool_init(params, rule, times, key)
+            return jax.lax.scan(step, state, jnp.arange(30, dtype=jnp.int32))
+
+        state, (losses, workers) = reference(key)
+        np.testing.assert_array_equal(np.asarray(res.trace.worker), np.asarray(workers))
+        np.testing.assert_array_equal(np.asarray(res.trace.loss), np.asarray(losses))
+        for a, b in zip(jax.tree.leaves(res.state), jax.tree.leaves(state)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_pool_computes_only_c_gradients_per_update(getkey):

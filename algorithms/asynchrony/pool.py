@@ -215,18 +215,28 @@ def pool_step(
     """
     key_grad, key_time = jr.split(key)
     if workers is None:
-        order = jnp.argsort(state.finish_time, stable=True)
-        workers = order[:num_arrivals]
+        if num_arrivals == 1:
+            # argmin returns the first minimum: the first of the stable order, without a sort.
+            workers = jnp.argmin(state.finish_time)[None]
+        else:
+            workers = jnp.argsort(state.finish_time, stable=True)[:num_arrivals]
     pulled = state.pull_version[workers]
+    staleness = state.version - pulled
+    keys = _worker_keys(key_grad, workers, pulled)
     if num_arrivals == 1:
-        # One arrival: a dynamic slice (no gather) of the worker's row; bitwise the same.
-        snaps = jax.tree.map(
-            lambda s: jax.lax.dynamic_slice_in_dim(s, workers[0], 1), state.snapshots
+        # One arrival: a dynamic slice (no gather) of the worker's row and one gradient call
+        # without an arrival axis; a batch of one through `vmap` leads XLA to compute the
+        # weight gradients transposed and transpose them again in the update. Bitwise the
+        # same numbers on CPU (tests/test_asynchrony.py).
+        snap = jax.tree.map(
+            lambda s: jax.lax.dynamic_index_in_dim(s, workers[0], keepdims=False),
+            state.snapshots,
         )
+        loss, grad = grad_fn(snap, keys[0])
+        snaps, losses, grads = jax.tree.map(lambda a: a[None], (snap, loss, grad))
     else:
         snaps = jax.tree.map(lambda s: s[workers], state.snapshots)
-    staleness = state.version - pulled
-    losses, grads = jax.vmap(grad_fn)(snaps, _worker_keys(key_grad, workers, pulled))
+        losses, grads = jax.vmap(grad_fn)(snaps, keys)
     step, opt_state = rule.update(
         grads, state.opt_state, state.params, staleness=staleness, snapshot=snaps, worker=workers
     )
