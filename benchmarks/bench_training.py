@@ -219,11 +219,13 @@ def main(
     for n in agents:
         steps = {"jax": num_steps_for(n, agent_steps)}
         contenders = {"jax": jax_training(n, steps["jax"])}
+        jax_devices = {"jax": 1}
         devices = shardable_devices(n)
         if devices > 1:
             label = f"jax[{devices} dev]"
             steps[label] = steps["jax"]
             contenders[label] = jax_training(n, steps[label], devices=devices)
+            jax_devices[label] = devices
         if skipped is None:
             torch_steps = max(torch_agent_steps // n, 2)
             for threads in thread_options:
@@ -238,7 +240,7 @@ def main(
         if skipped is None:
             torch.set_num_threads(default_threads)
         rates = {k: n * steps[k] / v["median_s"] for k, v in timings.items()}
-        jax_rates = {k: r for k, r in rates.items() if k.split("[")[0] == "jax"}
+        jax_rates = {k: rates[k] for k in jax_devices}
         best = {"jax": max(jax_rates.values())}
         for name in GOALS if skipped is None else ():
             best[name] = max(r for k, r in rates.items() if k.startswith(name + "["))
@@ -248,6 +250,7 @@ def main(
             "agent_steps_per_s": rates,
             "best_agent_steps_per_s": best,
             "best_jax": max(jax_rates, key=jax_rates.get),
+            "devices": jax_devices,  # each JAX contender's device count
             "speedup_jax_over": {k: best["jax"] / r for k, r in best.items() if k != "jax"},
         }
         line = ", ".join(f"{k} {r:,.0f}" for k, r in rates.items())

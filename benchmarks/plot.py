@@ -37,7 +37,8 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str, str]]
         for n, entry in training["per_agents"].items():
             best = entry.get("best_jax", "jax")
             jax_rate = entry["agent_steps_per_s"][best]
-            label = "one device" if best == "jax" else best[4:-1].replace("dev", "devices")
+            devices = entry.get("devices", {}).get(best, 1)
+            label = "one device" if devices == 1 else f"{devices} devices"
             for peer, speedup in entry.get("speedup_jax_over", {}).items():
                 at_goal = int(n) == training["goal_agents"]
                 rows.append(
@@ -209,9 +210,9 @@ def notes(results: dict[str, dict]) -> list[str]:
             f"rate of one large matmul ({scaling['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s): the "
             "per-agent matrices are small (batch 32, widths 40-100)"
         )
-        sharded = [k for k in at_goal["agent_steps_per_s"] if k.startswith("jax[")]
-        for name in sharded:
-            devices = name[len("jax[") : -len(" dev]")]
+        for name, devices in at_goal.get("devices", {}).items():
+            if devices == 1:
+                continue
             line += (
                 f"; sharded over {devices} CPU devices, "
                 f"{at_goal['agent_steps_per_s'][name] / at_goal['agent_steps_per_s']['jax']:.2f}×"

@@ -28,9 +28,8 @@ import jax
 
 from .bench_training import flops_per_agent_step, jax_training, num_steps_for
 
-_INSTRUCTION = re.compile(
-    r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ (\w[\w-]*)\(.*?(?:calls=%?([\w.\-]+))?"
-)
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ (\w[\w-]*)\(")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")  # the computation a fusion or call runs
 
 
 def hlo_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
@@ -51,7 +50,7 @@ def hlo_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
         for line in bodies.get(name, ()):
             if re.search(r"= \S+ (dot|convolution)\(", line):
                 return True
-            called = re.search(r"calls=%?([\w.\-]+)", line)
+            called = _CALLS.search(line)
             if (
                 called
                 and called.group(1) not in seen
@@ -64,7 +63,7 @@ def hlo_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
         called.group(1)
         for lines in bodies.values()
         for line in lines
-        if " fusion(" in line and (called := re.search(r"calls=%?([\w.\-]+)", line))
+        if " fusion(" in line and (called := _CALLS.search(line))
     }
     kinds = {}
     for computation, lines in bodies.items():
@@ -75,7 +74,7 @@ def hlo_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
             if not match:
                 continue
             name, opcode = match.group(1), match.group(2)
-            called = re.search(r"calls=%?([\w.\-]+)", line)
+            called = _CALLS.search(line)
             source = re.search(r'op_name="([^"]*)"', line)
             source = "/".join(source.group(1).split("/")[-3:]) if source else ""
             if opcode in ("dot", "convolution") or (

@@ -222,21 +222,20 @@ def pool_step(
             workers = jnp.argsort(state.finish_time, stable=True)[:num_arrivals]
     pulled = state.pull_version[workers]
     staleness = state.version - pulled
-    keys = _worker_keys(key_grad, workers, pulled)
     if num_arrivals == 1:
-        # One arrival: a dynamic slice (no gather) of the worker's row and one gradient call
-        # without an arrival axis; a batch of one through `vmap` leads XLA to compute the
-        # weight gradients transposed and transpose them again in the update. Bitwise the
-        # same numbers on CPU (tests/test_asynchrony.py).
+        # One arrival: a dynamic slice (no gather) of the worker's row, its key and one
+        # gradient call without an arrival axis; a batch of one through `vmap` leads XLA to
+        # compute the weight gradients transposed and transpose them again in the update.
+        # Bitwise the same numbers on CPU (tests/test_asynchrony.py).
+        worker = workers[0]
         snap = jax.tree.map(
-            lambda s: jax.lax.dynamic_index_in_dim(s, workers[0], keepdims=False),
-            state.snapshots,
+            lambda s: jax.lax.dynamic_index_in_dim(s, worker, keepdims=False), state.snapshots
         )
-        loss, grad = grad_fn(snap, keys[0])
+        loss, grad = grad_fn(snap, jr.fold_in(jr.fold_in(key_grad, worker), pulled[0]))
         snaps, losses, grads = jax.tree.map(lambda a: a[None], (snap, loss, grad))
     else:
         snaps = jax.tree.map(lambda s: s[workers], state.snapshots)
-        losses, grads = jax.vmap(grad_fn)(snaps, keys)
+        losses, grads = jax.vmap(grad_fn)(snaps, _worker_keys(key_grad, workers, pulled))
     step, opt_state = rule.update(
         grads, state.opt_state, state.params, staleness=staleness, snapshot=snaps, worker=workers
     )
