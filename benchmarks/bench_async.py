@@ -8,11 +8,12 @@ the snapshots from the rest of the pool: sequential SGD that evaluates each grad
 stored copy, reading row k mod W of a `(W, params)` buffer and writing the new parameters
 back into it — the memory traffic that W snapshots add to any pool, with none of its
 bookkeeping (arrival order, staleness, per-worker keys, compute times). Timings alternate
-between the three, `--reps` times after a warm-up. Each ratio is the median over repetitions
-of the ratio of two runs of the same repetition (run one after the other, so a slow spell of a
-shared machine affects both); the per-gradient times are the medians. Prints JSON
-to stdout: `{"ratio": pool_seconds_per_gradient / sgd_seconds_per_gradient,
-"snapshot_ratio": snapshot_sgd_seconds_per_gradient / sgd_seconds_per_gradient, ...}`.
+between the three (`benchmarks.timing.time_alternating`), `--reps` times after a warm-up.
+Each ratio is the median over repetitions of the ratio of two runs of the same repetition
+(run one after the other, so a slow spell of a shared machine affects both); the
+per-gradient times are the medians. Prints JSON to stdout: `{"ratio":
+pool_seconds_per_gradient / sgd_seconds_per_gradient, "snapshot_ratio":
+snapshot_sgd_seconds_per_gradient / sgd_seconds_per_gradient, ...}`.
 
 Usage: `python -m benchmarks.bench_async [--steps 1000] [--workers 16] [--reps 15]`.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,8 @@ import numpy as np
 
 from algorithms.asynchrony import compute_time, constant_rate, run_pool
 from experiments.tasks import MLP, init_stacked, load_mnist1d, minibatch_grad_fn
+
+from .timing import time_alternating
 
 GOAL_RATIO_MAX = 1.05  # pool / sequential, per applied gradient
 
@@ -93,24 +95,19 @@ def main(argv: list[str] | tuple[str, ...] = ()) -> dict:
         )  # fmt: skip
         return res.params, res.trace.loss
 
-    def timed(fn, key):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(key))
-        return time.perf_counter() - start
-
-    contenders = {"sequential": sequential, "snapshot": snapshot_sgd, "pool": pool}
-    for fn in contenders.values():  # compile + warm up
-        timed(fn, jax.random.key(0))
-        timed(fn, jax.random.key(1))
-    runs: dict[str, list[float]] = {name: [] for name in contenders}
-    for rep in range(args.reps):
-        key = jax.random.key(100 + rep)
-        for name, fn in contenders.items():
-            runs[name].append(timed(fn, key))
-    seq, snap, pl = (float(np.median(runs[n])) / args.steps for n in contenders)
-    baseline = np.asarray(runs["sequential"])
+    key = jax.random.key(100)
+    runs = time_alternating(
+        {
+            "sequential": lambda: sequential(key),
+            "snapshot": lambda: snapshot_sgd(key),
+            "pool": lambda: pool(key),
+        },
+        args.reps,
+    )
+    seq, snap, pl = (runs[n]["median_s"] / args.steps for n in ("sequential", "snapshot", "pool"))
+    baseline = np.asarray(runs["sequential"]["all_s"])
     snapshot_ratio, ratio = (
-        float(np.median(np.asarray(runs[n]) / baseline)) for n in ("snapshot", "pool")
+        float(np.median(np.asarray(runs[n]["all_s"]) / baseline)) for n in ("snapshot", "pool")
     )
     result = {
         "benchmark": "async_pool_vs_sequential_sgd",

@@ -37,7 +37,7 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str, str]]
         for n, entry in training["per_agents"].items():
             best = entry.get("best_jax", "jax")
             jax_rate = entry["agent_steps_per_s"][best]
-            devices = entry.get("devices", {}).get(best, 1)
+            devices = entry["devices"][best]
             label = "one device" if devices == 1 else f"{devices} devices"
             for peer, speedup in entry.get("speedup_jax_over", {}).items():
                 at_goal = int(n) == training["goal_agents"]
@@ -210,7 +210,7 @@ def notes(results: dict[str, dict]) -> list[str]:
             f"rate of one large matmul ({scaling['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s): the "
             "per-agent matrices are small (batch 32, widths 40-100)"
         )
-        for name, devices in at_goal.get("devices", {}).items():
+        for name, devices in at_goal["devices"].items():
             if devices == 1:
                 continue
             line += (

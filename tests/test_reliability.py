@@ -1,16 +1,21 @@
 """Reliability: bad configs, killed and resumed runs, checkpointed segments."""
 
+import dataclasses
 import json
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 import experiments.harness.cache as cache_module
 from algorithms import easgd, landscape_oracle, run_agents
 from dynamics import IsotropicNoise, LogCoshQuadratic
 from experiments.__main__ import main
+from experiments.harness.cli import main as harness_main
+from experiments.harness.contract import claim_less
 
 
 @pytest.mark.parametrize(
@@ -29,8 +34,8 @@ def test_bad_config_is_rejected_before_running(setting, message, tmp_path, capsy
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-# A small experiment with five cached pieces (two schedules × two delays, and a control),
-# each a few compiled programs: the kill-and-resume check runs in seconds.
+# A small real experiment with five cached pieces (two schedules × two delays, and a
+# control), each a few compiled programs, for the kill-and-resume check in `make test-slow`.
 TINY_ASYNC_GENERALIZATION = [
     "--set", "tau_maxes=0,2", "--set", "num_train=32", "--set", "hidden=8",
     "--set", "num_steps=20", "--set", "scaled_num_steps=10", "--set", "evals=2",
@@ -40,12 +45,6 @@ TINY_ASYNC_GENERALIZATION = [
 
 def _toy_experiment():
     """A complete experiment module in miniature: five cached pieces of random draws."""
-    import dataclasses
-    import types
-
-    from matplotlib.figure import Figure
-
-    from experiments.harness.contract import claim_less
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -121,8 +120,6 @@ def _kill_and_resume(run_cli, name, args, tmp_path, monkeypatch):
 
 
 def test_killed_experiment_resumes_with_the_same_metrics(tmp_path, monkeypatch):
-    from experiments.harness.cli import main as harness_main
-
     toy = _toy_experiment()
     clean, resumed = _kill_and_resume(
         lambda argv: harness_main(argv, (toy,)), "toy", ["run", "toy", "--quiet", "--seed", "1"],
