@@ -217,15 +217,20 @@ def test_strong_mean_coupling_is_synchronous_averaged_sgd(getkey):
     x0 = jnp.linspace(-1, 5, n)[:, None]  # asymmetric, so mean_i ∇f(x_i) ≠ ∇f(x̄)
     key = getkey()
 
+    # NumPy reference: averaged SGD driven by the mean of the agents' increments n_k (the
+    # same draws as `solve`'s, taken for all steps at once).
+    dws = np.asarray(jax.vmap(lambda i: step_normal(key, i, (n, 1)))(jnp.arange(steps)))
+    dws = dws.mean(axis=(1, 2)) * np.sqrt(dt)
+    grad = jax.jit(lambda x: f.grad(x))
+    ref = np.empty(steps + 1)
+    ref[0] = float(x0.mean())
+    for i in range(steps):
+        ref[i + 1] = ref[i] - dt * float(grad(jnp.array([ref[i]]))[0]) + sigma * dws[i]
+
     def gap(k):
         system = CoupledSystem(f, MeanField(k), IsotropicNoise(sigma))
         sol = solve(system, x0, t1=steps * dt, step_size=dt, key=key, saveat=steps + 1)
         xbar = np.asarray(sol.x.mean(1)[:, 0])
-        ref = np.empty(steps + 1)
-        ref[0] = float(x0.mean())
-        for i in range(steps):  # NumPy reference: averaged SGD with the mean of the increments
-            dw = np.asarray(step_normal(key, i, (n, 1))).mean() * np.sqrt(dt)
-            ref[i + 1] = ref[i] - dt * float(f.grad(jnp.array([ref[i]]))[0]) + sigma * dw
         return np.abs(xbar - ref)[steps // 3 :].max()
 
     assert gap(500.0) < 0.01
