@@ -171,8 +171,13 @@ class Arrivals(NamedTuple):
     time: jax.Array
 
 
+def _worker_key(key, worker, version):
+    """The minibatch key of `worker`'s gradient at the parameters of `version`."""
+    return jr.fold_in(jr.fold_in(key, worker), version)
+
+
 def _worker_keys(key, workers, versions):
-    return jax.vmap(lambda w, v: jr.fold_in(jr.fold_in(key, w), v))(workers, versions)
+    return jax.vmap(lambda w, v: _worker_key(key, w, v))(workers, versions)
 
 
 def pool_init(
@@ -231,7 +236,7 @@ def pool_step(
         snap = jax.tree.map(
             lambda s: jax.lax.dynamic_index_in_dim(s, worker, keepdims=False), state.snapshots
         )
-        loss, grad = grad_fn(snap, jr.fold_in(jr.fold_in(key_grad, worker), pulled[0]))
+        loss, grad = grad_fn(snap, _worker_key(key_grad, worker, pulled[0]))
         snaps, losses, grads = jax.tree.map(lambda a: a[None], (snap, loss, grad))
     else:
         snaps = jax.tree.map(lambda s: s[workers], state.snapshots)
