@@ -23,12 +23,20 @@ faster of its thread settings. For each N the contenders run in alternation
 compile cost to amortize). PyTorch runs with one intra-op thread and with its default; the
 speed-up is taken against the faster of the two, because on a shared, loaded machine
 PyTorch's thread pool can lose 5-10× to contention.
+
+At N = `GOAL_AGENTS` the JAX runs are also timed without the coupling (`jax_uncoupled`:
+`optax.sgd(η)`, the same N agents, minibatches and gradients, no center), a reference
+rather than a contender. Sharded, EASGD needs one all-reduce of the parameters every step
+(the center's sum over all agents), a barrier at which each device waits for the other;
+uncoupled agents never communicate. The two sharding speed-ups side by side show what that
+barrier costs on the machine (`sharding_speedup` in the JSON).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from algorithms import easgd, run_agents
 from algorithms.sharding import agent_mesh, shard_agents
@@ -44,6 +52,7 @@ AGENT_STEPS = 4096  # per timed JAX run
 TORCH_AGENT_STEPS = 512  # per timed PyTorch run
 GOALS = {"torch_loop": 10.0, "torch_vmap": 2.0}  # speed-up of jax at N = GOAL_AGENTS
 GOAL_AGENTS = 64
+GOAL_REPEATS = 7  # timed runs per contender at GOAL_AGENTS (cheap there; the goals' medians)
 
 
 def shardable_devices(num_agents: int) -> int:
@@ -68,13 +77,19 @@ def flops_per_agent_step(hidden=HIDDEN, batch: int = BATCH) -> float:
 
 
 def jax_training(
-    num_agents: int, num_steps: int, hidden=HIDDEN, batch: int = BATCH, devices: int = 1
+    num_agents: int,
+    num_steps: int,
+    hidden=HIDDEN,
+    batch: int = BATCH,
+    devices: int = 1,
+    coupled: bool = True,
 ):
     """A zero-argument callable running `num_steps` EASGD steps of N agents (compiled once).
 
     With `devices` D > 1 the agent axis is sharded over the first D local devices (N must
-    be a multiple of D). Returns the final mean loss (a device array) so the timing blocks
-    on the whole run.
+    be a multiple of D). `coupled=False` runs plain SGD (`optax.sgd(η)`) instead: the same
+    agents and gradients, no elastic force and no center. Returns the final mean loss (a
+    device array) so the timing blocks on the whole run.
     """
     data = load_mnist1d()
     model = MLP(hidden=hidden, num_classes=data.num_classes)
@@ -82,7 +97,7 @@ def jax_training(
     params = init_stacked(model, jax.random.key(0), num_agents, data.x_train[:2], same_init=True)
     if devices > 1:
         params = shard_agents(params, agent_mesh(devices, jax.local_devices()))
-    optimizer = easgd(LEARNING_RATE, RHO)
+    optimizer = easgd(LEARNING_RATE, RHO) if coupled else optax.sgd(LEARNING_RATE)
 
     # One outer jit: `run_agents` builds its jitted loop per call, so calling it directly
     # would retrace and recompile on every timed repetition.
@@ -101,6 +116,26 @@ def jax_training(
 
     call.compiled_text = lambda: run.lower(params, key).compile().as_text()  # for profiling
     return call
+
+
+def sharding_speedups(
+    rates: dict[str, float], devices: dict[str, int], uncoupled: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """Rate on D devices / rate on one, for EASGD and for the uncoupled reference.
+
+    `rates` holds the EASGD runs (`jax`, `jax[D dev]`), `devices` their device counts and
+    `uncoupled` the reference runs under the same labels with `jax_uncoupled`. Returns
+    `{"D": {"easgd": …, "uncoupled": …}}` for every D > 1 timed both ways.
+    """
+    out = {}
+    for label, d in devices.items():
+        ref = label.replace("jax", "jax_uncoupled", 1)
+        if d > 1 and ref in uncoupled and "jax_uncoupled" in uncoupled:
+            out[str(d)] = {
+                "easgd": rates[label] / rates["jax"],
+                "uncoupled": uncoupled[ref] / uncoupled["jax_uncoupled"],
+            }
+    return out
 
 
 def _torch_data(torch):
@@ -226,6 +261,13 @@ def main(
             steps[label] = steps["jax"]
             contenders[label] = jax_training(n, steps[label], devices=devices)
             jax_devices[label] = devices
+        uncoupled = {}  # reference runs, not contenders (see the module docstring)
+        if n == GOAL_AGENTS:
+            for label, d in list(jax_devices.items()):
+                ref = label.replace("jax", "jax_uncoupled", 1)
+                steps[ref] = steps[label]
+                contenders[ref] = jax_training(n, steps[ref], devices=d, coupled=False)
+                uncoupled[ref] = d
         if skipped is None:
             torch_steps = max(torch_agent_steps // n, 2)
             for threads in thread_options:
@@ -236,10 +278,13 @@ def main(
                     label = f"{name}[{threads}t]"
                     steps[label] = torch_steps
                     contenders[label] = _with_threads(torch, threads, build(n, torch_steps))
-        timings = time_alternating(contenders, repeats)
+        timings = time_alternating(
+            contenders, max(repeats, GOAL_REPEATS) if n == GOAL_AGENTS else repeats
+        )
         if skipped is None:
             torch.set_num_threads(default_threads)
         rates = {k: n * steps[k] / v["median_s"] for k, v in timings.items()}
+        reference = {k: rates.pop(k) for k in uncoupled}
         jax_rates = {k: rates[k] for k in jax_devices}
         best = {"jax": max(jax_rates.values())}
         for name in GOALS if skipped is None else ():
@@ -253,7 +298,16 @@ def main(
             "devices": jax_devices,  # each JAX contender's device count
             "speedup_jax_over": {k: best["jax"] / r for k, r in best.items() if k != "jax"},
         }
-        line = ", ".join(f"{k} {r:,.0f}" for k, r in rates.items())
+        # CPU time (all threads) per agent-step: time a run spends waiting while it keeps
+        # a core busy shows here and not in its rate.
+        per_n[str(n)]["jax_cpu_us_per_agent_step"] = {
+            k: 1e6 * timings[k]["median_cpu_s"] / (n * steps[k]) for k in (*jax_devices, *uncoupled)
+        }
+        if reference:
+            per_n[str(n)]["uncoupled_agent_steps_per_s"] = reference
+            per_n[str(n)]["uncoupled_devices"] = uncoupled
+            per_n[str(n)]["sharding_speedup"] = sharding_speedups(rates, jax_devices, reference)
+        line = ", ".join(f"{k} {r:,.0f}" for k, r in {**rates, **reference}.items())
         print(f"  training N={n} (agent-steps/s): {line}", flush=True)
     result = {
         "benchmark": "training_easgd_mlp_mnist1d",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -9,18 +10,34 @@ from collections.abc import Callable
 import jax
 
 
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def time_alternating(contenders: dict[str, Callable[[], object]], repeats: int = 5) -> dict:
     """Median wall time (s) of each zero-argument callable, run in alternation after warm-up.
 
     Alternating (A, B, A, B, …) spreads machine noise evenly over the contenders; each
-    call's result is blocked on, so asynchronous dispatch is timed in full.
+    call's result is blocked on, so asynchronous dispatch is timed in full. Also records
+    the process's CPU time (user + system, all threads) per call: `median_cpu_s` over
+    `median_s` is the number of cores a contender kept busy, waiting in a spin included.
     """
     for fn in contenders.values():  # compile and warm up
         jax.block_until_ready(fn())
     times: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
-            start = time.perf_counter()
+            cpu_start, start = _cpu_seconds(), time.perf_counter()
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(t), "all_s": t} for name, t in times.items()}
+            cpu[name].append(_cpu_seconds() - cpu_start)
+    return {
+        name: {
+            "median_s": statistics.median(t),
+            "all_s": t,
+            "median_cpu_s": statistics.median(cpu[name]),
+        }
+        for name, t in times.items()
+    }

@@ -19,3 +19,38 @@ def test_hlo_kinds_finds_matmuls_inside_fusions_and_names_their_jax_operation():
     assert any("transpose" in source for source in matmuls)
     assert {kind for kind, _ in kinds.values()} <= {"matmul", "copy", "other"}
     assert any(kind == "other" for kind, _ in kinds.values())  # tanh, sums, the scaling
+
+
+def test_sharding_speedups_pair_each_sharded_run_with_its_uncoupled_reference():
+    from benchmarks.bench_training import sharding_speedups
+
+    rates = {"jax": 100.0, "jax[2 dev]": 130.0}
+    devices = {"jax": 1, "jax[2 dev]": 2}
+    uncoupled = {"jax_uncoupled": 110.0, "jax_uncoupled[2 dev]": 198.0}
+    out = sharding_speedups(rates, devices, uncoupled)
+    assert out.keys() == {"2"}
+    assert abs(out["2"]["easgd"] - 1.3) < 1e-12
+    assert abs(out["2"]["uncoupled"] - 1.8) < 1e-12
+    # Without a one-device reference there is nothing to divide by: no entry, no error.
+    assert sharding_speedups(rates, devices, {"jax_uncoupled[2 dev]": 198.0}) == {}
+
+
+def test_sharding_note_reports_both_speedups_and_the_rate_easgd_would_reach():
+    from benchmarks.plot import _sharding_note
+
+    at_goal = {
+        "agent_steps_per_s": {"jax": 100.0, "jax[2 dev]": 130.0, "torch_vmap[1t]": 50.0,
+                              "torch_vmap[2t]": 60.0},
+        "sharding_speedup": {"2": {"easgd": 1.3, "uncoupled": 1.8}},
+        "jax_cpu_us_per_agent_step": {"jax": 120.0, "jax[2 dev]": 170.0, "jax_uncoupled": 110.0,
+                                      "jax_uncoupled[2 dev]": 115.0},
+    }  # fmt: skip
+    (note,) = _sharding_note(64, at_goal)
+    assert "EASGD 120 µs on one device and 170 µs on 2, uncoupled SGD 110 and 115 µs" in note
+    assert "uncoupled SGD" in note and "1.80×" in note and "EASGD 1.30×" in note
+    assert "(1.80×, at most 2×), EASGD would run at 180 agent-steps/s, 3.0× `torch.func`" in note
+    # A reference faster than D× (noise in its one-device run) is capped at D×.
+    at_goal["sharding_speedup"]["2"]["uncoupled"] = 2.4
+    (note,) = _sharding_note(64, at_goal)
+    assert "(2.00×, at most 2×), EASGD would run at 200 agent-steps/s" in note
+    assert _sharding_note(64, {"agent_steps_per_s": {"jax": 1.0}}) == []
