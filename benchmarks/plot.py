@@ -270,7 +270,7 @@ def _sharding_note(num_agents: int, at_goal: dict) -> list[str]:
                 f"and {cpu[labels[3]]:.0f} µs"
             )
         if best_torch:
-            # Two cores cannot do better than D×; a faster uncoupled ratio is noise in the
+            # D devices on D cores cannot beat D×; a faster uncoupled ratio is noise in the
             # one-device reference.
             scaling = min(speedup["uncoupled"], float(d))
             ideal = at_goal["agent_steps_per_s"]["jax"] * scaling

@@ -21,7 +21,7 @@ def time_alternating(contenders: dict[str, Callable[[], object]], repeats: int =
     Alternating (A, B, A, B, …) spreads machine noise evenly over the contenders; each
     call's result is blocked on, so asynchronous dispatch is timed in full. Also records
     the process's CPU time (user + system, all threads) per call: `median_cpu_s` over
-    `median_s` is the number of cores a contender kept busy, waiting in a spin included.
+    `median_s` is about the number of cores a contender kept busy, spinning waits included.
     """
     for fn in contenders.values():  # compile and warm up
         jax.block_until_ready(fn())
