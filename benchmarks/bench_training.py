@@ -118,22 +118,28 @@ def jax_training(
     return call
 
 
+def uncoupled_label(label: str) -> str:
+    """The label of the uncoupled reference run of the EASGD run `label` (`jax[2 dev]` ->
+    `jax_uncoupled[2 dev]`)."""
+    return label.replace("jax", "jax_uncoupled", 1)
+
+
 def sharding_speedups(
     rates: dict[str, float], devices: dict[str, int], uncoupled: dict[str, float]
 ) -> dict[str, dict[str, float]]:
     """Rate on D devices / rate on one, for EASGD and for the uncoupled reference.
 
     `rates` holds the EASGD runs (`jax`, `jax[D dev]`), `devices` their device counts and
-    `uncoupled` the reference runs under the same labels with `jax_uncoupled`. Returns
+    `uncoupled` the reference runs under their `uncoupled_label`s. Returns
     `{"D": {"easgd": …, "uncoupled": …}}` for every D > 1 timed both ways.
     """
     out = {}
     for label, d in devices.items():
-        ref = label.replace("jax", "jax_uncoupled", 1)
-        if d > 1 and ref in uncoupled and "jax_uncoupled" in uncoupled:
+        ref, one = uncoupled_label(label), uncoupled_label("jax")
+        if d > 1 and ref in uncoupled and one in uncoupled:
             out[str(d)] = {
                 "easgd": rates[label] / rates["jax"],
-                "uncoupled": uncoupled[ref] / uncoupled["jax_uncoupled"],
+                "uncoupled": uncoupled[ref] / uncoupled[one],
             }
     return out
 
@@ -261,13 +267,13 @@ def main(
             steps[label] = steps["jax"]
             contenders[label] = jax_training(n, steps[label], devices=devices)
             jax_devices[label] = devices
-        uncoupled = {}  # reference runs, not contenders (see the module docstring)
+        uncoupled = []  # reference runs, not contenders (see the module docstring)
         if n == GOAL_AGENTS:
             for label, d in list(jax_devices.items()):
-                ref = label.replace("jax", "jax_uncoupled", 1)
+                ref = uncoupled_label(label)
                 steps[ref] = steps[label]
                 contenders[ref] = jax_training(n, steps[ref], devices=d, coupled=False)
-                uncoupled[ref] = d
+                uncoupled.append(ref)
         if skipped is None:
             torch_steps = max(torch_agent_steps // n, 2)
             for threads in thread_options:
@@ -305,7 +311,6 @@ def main(
         }
         if reference:
             per_n[str(n)]["uncoupled_agent_steps_per_s"] = reference
-            per_n[str(n)]["uncoupled_devices"] = uncoupled
             per_n[str(n)]["sharding_speedup"] = sharding_speedups(rates, jax_devices, reference)
         line = ", ".join(f"{k} {r:,.0f}" for k, r in {**rates, **reference}.items())
         print(f"  training N={n} (agent-steps/s): {line}", flush=True)
