@@ -1,5 +1,7 @@
 """`python -m benchmarks [NAME ...]`: run benchmarks, write JSON to benchmarks/results/.
 
+NAME is a module below (`bench_sde`) or its short name (`sde`); none runs them all.
+
 On a machine without an accelerator the process exposes one CPU device per core
 (`jax_num_cpu_devices`, set before JAX starts; `COUPLED_SGD_BENCH_CPU_DEVICES=k` chooses k),
 so the training benchmarks can also time the agent axis sharded over the cores, the
@@ -64,10 +66,23 @@ def cpu_devices() -> int:
     return int(value)
 
 
+def benchmark_names(argv: list[str]) -> list[str]:
+    """The benchmarks to run: every one for no arguments, else those named (`bench_sde` or
+    just `sde`). An unknown name raises `SystemExit` listing the known ones, before any runs."""
+    if not argv:
+        return [n for n in BENCHMARKS if importlib.util.find_spec(f"benchmarks.{n}")]
+    names = [a if a in BENCHMARKS else f"bench_{a}" for a in argv]
+    unknown = [a for a, n in zip(argv, names) if n not in BENCHMARKS]
+    if unknown:
+        known = ", ".join(n.removeprefix("bench_") for n in BENCHMARKS)
+        raise SystemExit(f"unknown benchmark(s) {', '.join(map(repr, unknown))}; known: {known}")
+    return list(dict.fromkeys(names))  # each once, in the order given
+
+
 def main(argv: list[str]) -> int:
+    names = benchmark_names(argv)
     # Before anything starts JAX's backends; it has no effect on accelerator devices.
     jax.config.update("jax_num_cpu_devices", cpu_devices())
-    names = argv or [n for n in BENCHMARKS if importlib.util.find_spec(f"benchmarks.{n}")]
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     info = machine()

@@ -54,3 +54,14 @@ def test_sharding_note_reports_both_speedups_and_the_rate_easgd_would_reach():
     (note,) = _sharding_note(64, at_goal)
     assert "(2.00×, at most 2×), EASGD would run at 200 agent-steps/s" in note
     assert _sharding_note(64, {"agent_steps_per_s": {"jax": 1.0}}) == []
+
+
+def test_benchmark_names_accept_short_names_and_reject_unknown_ones_before_running():
+    import pytest
+
+    from benchmarks.__main__ import BENCHMARKS, benchmark_names
+
+    assert benchmark_names(["sde", "bench_rng", "rng"]) == ["bench_sde", "bench_rng"]
+    assert set(benchmark_names([])) <= set(BENCHMARKS) and "bench_sde" in benchmark_names([])
+    with pytest.raises(SystemExit, match=r"'sde2'.*known: rng, sde"):
+        benchmark_names(["sde", "sde2"])
