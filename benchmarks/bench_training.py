@@ -30,6 +30,11 @@ rather than a contender. Sharded, EASGD needs one all-reduce of the parameters e
 (the center's sum over all agents), a barrier at which each device waits for the other;
 uncoupled agents never communicate. The two sharding speed-ups side by side show what that
 barrier costs on the machine (`sharding_speedup` in the JSON).
+
+It also times the batched matrix products of a step alone (`matmul_kernels`: XLA on one
+device against PyTorch's `bmm` at each thread setting, with the cores each keeps busy), which
+tells the speed of the matmul kernels at these small shapes apart from the number of cores
+each library puts on them.
 """
 
 from __future__ import annotations
@@ -74,6 +79,102 @@ def params_per_agent(hidden=HIDDEN, inputs: int = 40, classes: int = 10) -> int:
 def flops_per_agent_step(hidden=HIDDEN, batch: int = BATCH) -> float:
     """≈ 6 × (matmul parameters) × batch: forward 2, backward 4 FLOPs per weight and example."""
     return 6.0 * params_per_agent(hidden) * batch
+
+
+def step_products(x, weights, matmul, transpose) -> list:
+    """The batched matrix products of one MLP training step, nothing else.
+
+    `x` `(N, B, w_0)`, `weights[l]` `(N, w_l, w_{l+1})`. Forward `h_{l+1} = h_l·W_l` (no
+    bias, no activation), then backward from `dy = h_L`: `xᵀ·dy` for every layer and
+    `dy·Wᵀ` for every layer but the first, as autodiff computes them. `matmul` and
+    `transpose` (of the last two axes) come from the array library. Returns the weight
+    gradients, last layer first.
+    """
+    hs = [x]
+    for w in weights:
+        hs.append(matmul(hs[-1], w))
+    dy, grads = hs[-1], []
+    for layer in range(len(weights) - 1, -1, -1):
+        grads.append(matmul(transpose(hs[layer]), dy))
+        if layer:
+            dy = matmul(dy, transpose(weights[layer]))
+    return grads
+
+
+def step_products_flops(hidden=HIDDEN, batch: int = BATCH, inputs: int = 40, classes: int = 10):
+    """FLOPs of `step_products` per agent: 2·B·(3 Σ_l w_l w_{l+1} − w_0 w_1)."""
+    widths = (inputs, *hidden, classes)
+    forward = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    return 2.0 * batch * (3 * forward - widths[0] * widths[1])
+
+
+def matmul_kernels(
+    num_agents: int = GOAL_AGENTS, steps: int = 64, repeats: int = GOAL_REPEATS, torch_threads=()
+) -> dict:
+    """The products of `steps` training steps of N agents alone (`step_products`): XLA on
+    one device against PyTorch's `bmm` (no autograd) with each of `torch_threads` intra-op
+    threads (none: PyTorch is not timed).
+
+    Per contender: µs per agent-step, GFLOP/s, and the cores it kept busy (CPU time / wall
+    time). Separates the speed of the matmul kernels at these small shapes from the number
+    of cores each library puts on them.
+    """
+    import numpy as np
+
+    widths = (40, *HIDDEN, 10)
+    rng = np.random.default_rng(0)
+    weights = [
+        (rng.standard_normal((num_agents, a, b)) / np.sqrt(a)).astype(np.float32)
+        for a, b in zip(widths[:-1], widths[1:])
+    ]
+    x0 = rng.standard_normal((num_agents, BATCH, widths[0])).astype(np.float32)
+
+    def feedback(x, grads):
+        # The next step's input depends on this step's products, so none is hoisted out of
+        # the loop or dropped; the cost is one small element-wise pass.
+        return x + 1e-6 * grads[-1][:, : x.shape[1], :1]
+
+    jax_weights = [jnp.asarray(w) for w in weights]
+
+    @jax.jit
+    def xla_run(x):
+        def body(x, _):
+            grads = step_products(x, jax_weights, jnp.matmul, lambda a: jnp.swapaxes(a, 1, 2))
+            return feedback(x, grads), None
+
+        return jax.lax.scan(body, x, None, length=steps)[0]
+
+    jax_x0 = jnp.asarray(x0)
+    contenders = {"xla[1 dev]": lambda: xla_run(jax_x0)}
+    if torch_threads:
+        import torch
+
+        def torch_run(threads):
+            weights_t = [torch.from_numpy(w) for w in weights]
+
+            def run():
+                torch.set_num_threads(threads)
+                x = torch.from_numpy(x0)
+                with torch.no_grad():
+                    for _ in range(steps):
+                        grads = step_products(x, weights_t, torch.bmm, lambda a: a.transpose(1, 2))
+                        x = feedback(x, grads)
+                return x
+
+            return run
+
+        for threads in torch_threads:
+            contenders[f"torch_bmm[{threads}t]"] = torch_run(threads)
+    timings = time_alternating(contenders, repeats)
+    agent_steps = num_agents * steps
+    return {
+        name: {
+            "us_per_agent_step": 1e6 * t["median_s"] / agent_steps,
+            "gflop_per_s": step_products_flops() * agent_steps / t["median_s"] / 1e9,
+            "cores_busy": t["median_cpu_s"] / t["median_s"],
+        }
+        for name, t in timings.items()
+    }
 
 
 def jax_training(
@@ -314,6 +415,11 @@ def main(
             per_n[str(n)]["sharding_speedup"] = sharding_speedups(rates, jax_devices, reference)
         line = ", ".join(f"{k} {r:,.0f}" for k, r in {**rates, **reference}.items())
         print(f"  training N={n} (agent-steps/s): {line}", flush=True)
+    kernels = matmul_kernels(torch_threads=thread_options if skipped is None else ())
+    if skipped is None:
+        torch.set_num_threads(default_threads)
+    line = ", ".join(f"{k} {v['gflop_per_s']:.0f} GFLOP/s" for k, v in kernels.items())
+    print(f"  the step's products alone, N={GOAL_AGENTS}: {line}", flush=True)
     result = {
         "benchmark": "training_easgd_mlp_mnist1d",
         "model": f"MLP{(40, *HIDDEN, 10)}, {params_per_agent()} params, batch {BATCH}",
@@ -321,6 +427,7 @@ def main(
         "per_agents": per_n,
         "goal_agents": GOAL_AGENTS,
         "goals_speedup_min": GOALS,
+        "matmul_kernels": kernels,
     }
     if skipped is not None:
         result["torch"] = skipped

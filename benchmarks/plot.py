@@ -219,6 +219,7 @@ def notes(results: dict[str, dict]) -> list[str]:
                 " the one-device rate"
             )
         out.append(line + ".")
+        out.extend(_kernels_note(training))
         out.extend(_sharding_note(training["goal_agents"], at_goal))
     pool = results.get("bench_async", {})
     if "sequential_us_per_gradient" in pool:
@@ -245,6 +246,30 @@ def notes(results: dict[str, dict]) -> list[str]:
             f"bandwidth, against {1e3 * last['time_per_step_s']:.1f} ms measured."
         )
     return out
+
+
+def _kernels_note(training: dict) -> list[str]:
+    """The step's matmuls alone, XLA against PyTorch's `bmm` (`bench_training.matmul_kernels`)."""
+    kernels = training.get("matmul_kernels")
+    if not kernels:
+        return []
+
+    def part(k: dict) -> str:
+        return (
+            f"{k['us_per_agent_step']:.0f} µs per agent-step ({k['gflop_per_s']:.0f} GFLOP/s, "
+            f"{k['cores_busy']:.1f} cores busy)"
+        )
+
+    parts = [f"XLA on one device {part(kernels['xla[1 dev]'])}"]
+    for name, k in kernels.items():
+        if name.startswith("torch_bmm["):
+            threads = name[len("torch_bmm[") : -len("t]")]
+            plural = "" if threads == "1" else "s"
+            parts.append(f"PyTorch's `bmm` with {threads} thread{plural} {part(k)}")
+    return [
+        f"The batched matrix products of a training step alone (N = {training['goal_agents']}, "
+        "forward, xᵀ·dy and dy·Wᵀ; no bias, activation, loss or update): " + "; ".join(parts) + "."
+    ]
 
 
 def _sharding_note(num_agents: int, at_goal: dict) -> list[str]:

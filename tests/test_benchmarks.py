@@ -56,6 +56,57 @@ def test_sharding_note_reports_both_speedups_and_the_rate_easgd_would_reach():
     assert _sharding_note(64, {"agent_steps_per_s": {"jax": 1.0}}) == []
 
 
+def test_kernels_note_lists_xla_and_each_pytorch_thread_setting():
+    from benchmarks.plot import _kernels_note
+
+    def k(us, gflops, cores):
+        return {"us_per_agent_step": us, "gflop_per_s": gflops, "cores_busy": cores}
+
+    training = {
+        "goal_agents": 64,
+        "matmul_kernels": {
+            "xla[1 dev]": k(58.4, 44.9, 1.04),
+            "torch_bmm[1t]": k(74.1, 35.4, 0.99),
+            "torch_bmm[2t]": k(41.9, 62.7, 1.98),
+        },
+    }
+    (note,) = _kernels_note(training)
+    assert "(N = 64," in note
+    assert "XLA on one device 58 µs per agent-step (45 GFLOP/s, 1.0 cores busy)" in note
+    assert "with 1 thread 74 µs per agent-step (35 GFLOP/s, 1.0 cores busy)" in note
+    assert "with 2 threads 42 µs per agent-step (63 GFLOP/s, 2.0 cores busy)." in note
+    assert _kernels_note({"goal_agents": 64}) == []  # JSON from before the measurement
+
+
+def test_step_products_compute_the_weight_gradients_of_a_linear_chain():
+    """`step_products` against autodiff: for h_L = x·W_0·…·W_{L-1} and the loss
+    ½‖h_L‖², the gradient of W_l is h_lᵀ·dy_l, the products the benchmark times."""
+    import numpy as np
+
+    from benchmarks.bench_training import step_products, step_products_flops
+
+    rng = np.random.default_rng(0)
+    widths = (5, 7, 6, 3)
+    weights = [jnp.asarray(rng.standard_normal((2, a, b))) for a, b in zip(widths[:-1], widths[1:])]
+    x = jnp.asarray(rng.standard_normal((2, 4, widths[0])))
+
+    def loss(ws):
+        h = x
+        for w in ws:
+            h = h @ w
+        return 0.5 * jnp.sum(h**2)
+
+    expected = jax.grad(loss)(weights)
+    grads = step_products(x, weights, jnp.matmul, lambda a: jnp.swapaxes(a, 1, 2))
+    for got, want in zip(grads, expected[::-1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    # 2·B·(3·Σ w_l w_{l+1} − w_0 w_1): 3 forward, 3 xᵀ·dy, 2 dy·Wᵀ products.
+    forward = 5 * 7 + 7 * 6 + 6 * 3
+    assert step_products_flops(hidden=(7, 6), batch=4, inputs=5, classes=3) == 2 * 4 * (
+        3 * forward - 5 * 7
+    )
+
+
 def test_benchmark_names_accept_short_names_and_reject_unknown_ones_before_running():
     import pytest
 
