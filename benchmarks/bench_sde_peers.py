@@ -90,7 +90,9 @@ def main(repeats: int = 3, steps: int = STEPS) -> dict:
         contenders[f"torchsde[{threads}t]"] = _with_threads(
             torch, threads, torchsde_contender(steps)
         )
-    timings = time_alternating(contenders, repeats)
+    # torchsde compiles nothing and one of its runs takes about half a minute: warming it up
+    # would spend a minute of `make bench` on runs that are thrown away.
+    timings = time_alternating(contenders, repeats, warm_up=("diffrax_solve",))
     torch.set_num_threads(default_threads)
     best_torchsde = min(v["median_s"] for k, v in timings.items() if k.startswith("torchsde"))
     speedup = best_torchsde / timings["diffrax_solve"]["median_s"]

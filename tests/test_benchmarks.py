@@ -116,3 +116,26 @@ def test_benchmark_names_accept_short_names_and_reject_unknown_ones_before_runni
     assert set(benchmark_names([])) <= set(BENCHMARKS) and "bench_sde" in benchmark_names([])
     with pytest.raises(SystemExit, match=r"'sde2'.*known: rng, sde"):
         benchmark_names(["sde", "sde2"])
+
+
+def test_time_alternating_warms_up_only_the_named_contenders():
+    import pytest
+
+    from benchmarks.timing import time_alternating
+
+    calls = {"a": 0, "b": 0}
+
+    def contender(name):
+        def run():
+            calls[name] += 1
+            return name
+
+        return run
+
+    out = time_alternating({k: contender(k) for k in calls}, repeats=3, warm_up=("a",))
+    assert calls == {"a": 4, "b": 3}
+    assert all(len(out[k]["all_s"]) == 3 for k in calls)
+    time_alternating({k: contender(k) for k in calls}, repeats=2)  # default: all warmed up
+    assert calls == {"a": 7, "b": 6}
+    with pytest.raises(ValueError, match="'c'"):
+        time_alternating({"a": contender("a")}, repeats=1, warm_up=("c",))
