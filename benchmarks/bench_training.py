@@ -428,6 +428,7 @@ def main(
         "goal_agents": GOAL_AGENTS,
         "goals_speedup_min": GOALS,
         "matmul_kernels": kernels,
+        "step_products_flops_per_agent": step_products_flops(),
     }
     if skipped is not None:
         result["torch"] = skipped

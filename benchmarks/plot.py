@@ -28,6 +28,11 @@ def _met(value) -> str:
     return str(value) if value is not None else "—"
 
 
+def _faster(speedup: float) -> str:
+    """A speed-up as the table writes it: "2.3× faster", or "1.2× slower" below 1."""
+    return f"{speedup:.1f}× faster" if speedup >= 1 else f"{1 / speedup:.1f}× slower"
+
+
 def table_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str, str]]:
     """(benchmark, comparison, measured, goal, met) rows."""
     rows = []
@@ -45,7 +50,7 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str, str]]
                     (
                         f"1. training, N = {n}",
                         f"JAX ({label}, {jax_rate:,.0f} agent-steps/s) vs {peer}",
-                        f"{speedup:.1f}× faster",
+                        _faster(speedup),
                         f"≥ {goals[peer]}×" if at_goal else "—",
                         _met(met[peer]) if at_goal else "—",
                     )
@@ -77,7 +82,7 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str, str]]
         )
         if "goal_speedup_over_torch_loop_min" in sde:
             if "speedup_diffrax_over_torch_loop" in sde:
-                measured = f"{sde['speedup_diffrax_over_torch_loop']:.1f}× faster"
+                measured = _faster(sde["speedup_diffrax_over_torch_loop"])
             else:
                 measured = sde.get("torch_loop", "not run")
             rows.append(
@@ -92,7 +97,7 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str, str]]
     peers = results.get("bench_sde_peers")
     if peers:
         if "speedup_diffrax_over_torchsde" in peers:
-            measured = f"{peers['speedup_diffrax_over_torchsde']:.1f}× faster"
+            measured = _faster(peers["speedup_diffrax_over_torchsde"])
         else:
             measured = peers.get("torchsde", "not run")
         rows.append(
@@ -239,12 +244,23 @@ def notes(results: dict[str, dict]) -> list[str]:
     if "copy_bandwidth_bytes_per_s" in scaling:
         last = scaling["rows"][-1]
         bound_ms = 1e3 * last["bytes_per_step_bound"] / scaling["copy_bandwidth_bytes_per_s"]
-        out.append(
+        line = (
             f"At N = {last['agents']} a step must move at least "
             f"{last['bytes_per_step_bound'] / 2**20:.0f} MiB (every agent's and the center's "
             f"parameters read and written once): {bound_ms:.1f} ms at the measured copy "
-            f"bandwidth, against {1e3 * last['time_per_step_s']:.1f} ms measured."
+            f"bandwidth, against {1e3 * last['time_per_step_s']:.1f} ms measured"
         )
+        kernels = training.get("matmul_kernels", {})
+        if "xla[1 dev]" in kernels and "step_products_flops_per_agent" in training:
+            # The products' work spread over the devices at the one-device products rate:
+            # what the matmuls alone would take, with no cache misses and perfect scaling.
+            rate = kernels["xla[1 dev]"]["gflop_per_s"] * 1e9 * last["devices"]
+            products_ms = 1e3 * last["agents"] * training["step_products_flops_per_agent"] / rate
+            line += (
+                f"; the step's batched products alone would take {products_ms:.1f} ms at the "
+                f"one-device rate of the products line on each of {last['devices']} devices"
+            )
+        out.append(line + ".")
     return out
 
 

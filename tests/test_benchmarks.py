@@ -139,3 +139,35 @@ def test_time_alternating_warms_up_only_the_named_contenders():
     assert calls == {"a": 7, "b": 6}
     with pytest.raises(ValueError, match="'c'"):
         time_alternating({"a": contender("a")}, repeats=1, warm_up=("c",))
+
+
+def test_table_writes_a_speed_up_below_one_as_slower():
+    from benchmarks.plot import _faster
+
+    assert _faster(2.34) == "2.3× faster"
+    assert _faster(1.0) == "1.0× faster"
+    assert _faster(0.9) == "1.1× slower"
+
+
+def test_bandwidth_note_adds_the_products_time_at_the_largest_n():
+    from benchmarks.plot import notes
+
+    scaling = {
+        "copy_bandwidth_bytes_per_s": 5e9,
+        "rows": [{"agents": 1024, "devices": 2, "bytes_per_step_bound": 1.25e8,
+                  "time_per_step_s": 0.2}],
+    }  # fmt: skip
+    kernels = {"xla[1 dev]": {"us_per_agent_step": 1.0, "gflop_per_s": 40.0, "cores_busy": 1.0}}
+    training = {
+        "goal_agents": 64,
+        "matmul_kernels": kernels,
+        "step_products_flops_per_agent": 2.6e6,
+    }
+    (line,) = [
+        n for n in notes({"bench_scaling": scaling, "bench_training": training}) if "MiB" in n
+    ]
+    assert "25.0 ms at the measured copy bandwidth, against 200.0 ms measured" in line
+    # 1024 agents × 2.6 MFLOP over 2 devices at 40 GFLOP/s each: 33.3 ms.
+    assert "products alone would take 33.3 ms" in line and "each of 2 devices" in line
+    (line,) = [n for n in notes({"bench_scaling": scaling}) if "MiB" in n]
+    assert line.endswith("200.0 ms measured.")
