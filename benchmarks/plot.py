@@ -29,8 +29,10 @@ def _met(value) -> str:
 
 
 def _faster(speedup: float) -> str:
-    """A speed-up as the table writes it: "2.3× faster", or "1.2× slower" below 1."""
-    return f"{speedup:.1f}× faster" if speedup >= 1 else f"{1 / speedup:.1f}× slower"
+    """A speed-up as the table writes it: "2.3× faster", or "1.2× slower" below 1 (two
+    decimals within 10 % of 1, where one would round to "1.0×")."""
+    ratio, word = (speedup, "faster") if speedup >= 1 else (1 / speedup, "slower")
+    return f"{ratio:.2f}× {word}" if ratio < 1.1 else f"{ratio:.1f}× {word}"
 
 
 def table_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str, str]]:

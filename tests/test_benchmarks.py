@@ -145,8 +145,9 @@ def test_table_writes_a_speed_up_below_one_as_slower():
     from benchmarks.plot import _faster
 
     assert _faster(2.34) == "2.3× faster"
-    assert _faster(1.0) == "1.0× faster"
-    assert _faster(0.9) == "1.1× slower"
+    assert _faster(1.0) == "1.00× faster"
+    assert _faster(0.8) == "1.2× slower"
+    assert _faster(0.97) == "1.03× slower"  # not "1.0× slower"
 
 
 def test_bandwidth_note_adds_the_products_time_at_the_largest_n():
