@@ -262,6 +262,25 @@ def notes(results: dict[str, dict]) -> list[str]:
                 f"; the step's batched products alone would take {products_ms:.1f} ms at the "
                 f"one-device rate of the products line on each of {last['devices']} devices"
             )
+        rates = (
+            {
+                **at_goal.get("agent_steps_per_s", {}),
+                **at_goal.get("uncoupled_agent_steps_per_s", {}),
+            }
+            if at_goal
+            else {}
+        )
+        rates = {k: r for k, r in rates.items() if k.startswith("jax")}
+        if rates:
+            # The fastest per-agent rate measured, at a size where the parameters stay in the
+            # cache: a step of the largest N at that rate is bound by compute, not memory.
+            fastest = max(rates, key=rates.get)
+            step_ms = 1e3 * last["agents"] / rates[fastest]
+            line += (
+                f"; at the fastest rate measured at N = {training['goal_agents']} ({fastest}, "
+                f"{rates[fastest]:,.0f} agent-steps/s, the parameters in the cache) it would take "
+                f"{step_ms:.1f} ms (bound / step time {100 * bound_ms / step_ms:.0f} %)"
+            )
         out.append(line + ".")
     return out
 

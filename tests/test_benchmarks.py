@@ -172,3 +172,16 @@ def test_bandwidth_note_adds_the_products_time_at_the_largest_n():
     assert "products alone would take 33.3 ms" in line and "each of 2 devices" in line
     (line,) = [n for n in notes({"bench_scaling": scaling}) if "MiB" in n]
     assert line.endswith("200.0 ms measured.")
+    # The fastest JAX rate at N = 64 (PyTorch's is not this project's) sets a compute floor:
+    # 1024 agents at 10,240 agent-steps/s take 100 ms, against a 25 ms bound.
+    training["per_agents"] = {
+        "64": {
+            "agent_steps_per_s": {"jax": 100.0, "torch_vmap[1t]": 20000.0},
+            "uncoupled_agent_steps_per_s": {"jax_uncoupled[2 dev]": 10240.0},
+        }
+    }
+    (line,) = [
+        n for n in notes({"bench_scaling": scaling, "bench_training": training}) if "MiB" in n
+    ]
+    assert "(jax_uncoupled[2 dev], 10,240 agent-steps/s, the parameters in the cache)" in line
+    assert line.endswith("it would take 100.0 ms (bound / step time 25 %).")
