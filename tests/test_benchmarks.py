@@ -150,7 +150,7 @@ def test_table_writes_a_speed_up_below_one_as_slower():
     assert _faster(0.97) == "1.03× slower"  # not "1.0× slower"
 
 
-def test_bandwidth_note_adds_the_products_time_at_the_largest_n():
+def test_bandwidth_note_adds_the_products_time_and_a_compute_floor_at_the_largest_n():
     from benchmarks.plot import notes
 
     scaling = {
