@@ -71,8 +71,13 @@ def num_steps_for(num_agents: int, agent_steps: int = AGENT_STEPS) -> int:
     return max(agent_steps // num_agents, 4)
 
 
+def layer_widths(hidden=HIDDEN, inputs: int = 40, classes: int = 10) -> tuple[int, ...]:
+    """The MLP's widths `(w_0, …, w_L)`: MNIST-1D's 40 inputs, the hidden layers, 10 classes."""
+    return (inputs, *hidden, classes)
+
+
 def params_per_agent(hidden=HIDDEN, inputs: int = 40, classes: int = 10) -> int:
-    widths = (inputs, *hidden, classes)
+    widths = layer_widths(hidden, inputs, classes)
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
 
 
@@ -103,7 +108,7 @@ def step_products(x, weights, matmul, transpose) -> list:
 
 def step_products_flops(hidden=HIDDEN, batch: int = BATCH, inputs: int = 40, classes: int = 10):
     """FLOPs of `step_products` per agent: 2·B·(3 Σ_l w_l w_{l+1} − w_0 w_1)."""
-    widths = (inputs, *hidden, classes)
+    widths = layer_widths(hidden, inputs, classes)
     forward = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
     return 2.0 * batch * (3 * forward - widths[0] * widths[1])
 
@@ -121,7 +126,7 @@ def matmul_kernels(
     """
     import numpy as np
 
-    widths = (40, *HIDDEN, 10)
+    widths = layer_widths()
     rng = np.random.default_rng(0)
     weights = [
         (rng.standard_normal((num_agents, a, b)) / np.sqrt(a)).astype(np.float32)
@@ -149,22 +154,18 @@ def matmul_kernels(
     if torch_threads:
         import torch
 
-        def torch_run(threads):
-            weights_t = [torch.from_numpy(w) for w in weights]
+        weights_t = [torch.from_numpy(w) for w in weights]
 
-            def run():
-                torch.set_num_threads(threads)
-                x = torch.from_numpy(x0)
-                with torch.no_grad():
-                    for _ in range(steps):
-                        grads = step_products(x, weights_t, torch.bmm, lambda a: a.transpose(1, 2))
-                        x = feedback(x, grads)
-                return x
-
-            return run
+        def torch_run():
+            x = torch.from_numpy(x0)
+            with torch.no_grad():
+                for _ in range(steps):
+                    grads = step_products(x, weights_t, torch.bmm, lambda a: a.transpose(1, 2))
+                    x = feedback(x, grads)
+            return x
 
         for threads in torch_threads:
-            contenders[f"torch_bmm[{threads}t]"] = torch_run(threads)
+            contenders[f"torch_bmm[{threads}t]"] = _with_threads(torch, threads, torch_run)
     timings = time_alternating(contenders, repeats)
     agent_steps = num_agents * steps
     return {
@@ -422,7 +423,7 @@ def main(
     print(f"  the step's products alone, N={GOAL_AGENTS}: {line}", flush=True)
     result = {
         "benchmark": "training_easgd_mlp_mnist1d",
-        "model": f"MLP{(40, *HIDDEN, 10)}, {params_per_agent()} params, batch {BATCH}",
+        "model": f"MLP{layer_widths()}, {params_per_agent()} params, batch {BATCH}",
         "agents": list(agents),
         "per_agents": per_n,
         "goal_agents": GOAL_AGENTS,

@@ -243,46 +243,50 @@ def notes(results: dict[str, dict]) -> list[str]:
                 f"{pool['snapshot_ratio']:.2f}×"
             )
         out.append(line + ".")
-    if "copy_bandwidth_bytes_per_s" in scaling:
-        last = scaling["rows"][-1]
-        bound_ms = 1e3 * last["bytes_per_step_bound"] / scaling["copy_bandwidth_bytes_per_s"]
-        line = (
-            f"At N = {last['agents']} a step must move at least "
-            f"{last['bytes_per_step_bound'] / 2**20:.0f} MiB (every agent's and the center's "
-            f"parameters read and written once): {bound_ms:.1f} ms at the measured copy "
-            f"bandwidth, against {1e3 * last['time_per_step_s']:.1f} ms measured"
-        )
-        kernels = training.get("matmul_kernels", {})
-        if "xla[1 dev]" in kernels and "step_products_flops_per_agent" in training:
-            # The products' work spread over the devices at the one-device products rate:
-            # what the matmuls alone would take, with no cache misses and perfect scaling.
-            rate = kernels["xla[1 dev]"]["gflop_per_s"] * 1e9 * last["devices"]
-            products_ms = 1e3 * last["agents"] * training["step_products_flops_per_agent"] / rate
-            line += (
-                f"; the step's batched products alone would take {products_ms:.1f} ms at the "
-                f"one-device rate of the products line on each of {last['devices']} devices"
-            )
-        rates = (
-            {
-                **at_goal.get("agent_steps_per_s", {}),
-                **at_goal.get("uncoupled_agent_steps_per_s", {}),
-            }
-            if at_goal
-            else {}
-        )
-        rates = {k: r for k, r in rates.items() if k.startswith("jax")}
-        if rates:
-            # The fastest per-agent rate measured, at a size where the parameters stay in the
-            # cache: a step of the largest N at that rate is bound by compute, not memory.
-            fastest = max(rates, key=rates.get)
-            step_ms = 1e3 * last["agents"] / rates[fastest]
-            line += (
-                f"; at the fastest rate measured at N = {training['goal_agents']} ({fastest}, "
-                f"{rates[fastest]:,.0f} agent-steps/s, the parameters in the cache) it would take "
-                f"{step_ms:.1f} ms (bound / step time {100 * bound_ms / step_ms:.0f} %)"
-            )
-        out.append(line + ".")
+    out.extend(_bandwidth_note(scaling, training, at_goal))
     return out
+
+
+def _bandwidth_note(scaling: dict, training: dict, at_goal: dict | None) -> list[str]:
+    """The bandwidth bound at the largest N against the measured step, and two floors under
+    the step from the training benchmark: its products alone, and its fastest rate."""
+    if "copy_bandwidth_bytes_per_s" not in scaling:
+        return []
+    last = scaling["rows"][-1]
+    bound_ms = 1e3 * last["bytes_per_step_bound"] / scaling["copy_bandwidth_bytes_per_s"]
+    line = (
+        f"At N = {last['agents']} a step must move at least "
+        f"{last['bytes_per_step_bound'] / 2**20:.0f} MiB (every agent's and the center's "
+        f"parameters read and written once): {bound_ms:.1f} ms at the measured copy "
+        f"bandwidth, against {1e3 * last['time_per_step_s']:.1f} ms measured"
+    )
+    kernels = training.get("matmul_kernels", {})
+    if "xla[1 dev]" in kernels and "step_products_flops_per_agent" in training:
+        # The products' work spread over the devices at the one-device products rate:
+        # what the matmuls alone would take, with no cache misses and perfect scaling.
+        rate = kernels["xla[1 dev]"]["gflop_per_s"] * 1e9 * last["devices"]
+        products_ms = 1e3 * last["agents"] * training["step_products_flops_per_agent"] / rate
+        line += (
+            f"; the step's batched products alone would take {products_ms:.1f} ms at the "
+            f"one-device rate of the products line on each of {last['devices']} devices"
+        )
+    rates = {
+        k: r
+        for source in ("agent_steps_per_s", "uncoupled_agent_steps_per_s")
+        for k, r in (at_goal or {}).get(source, {}).items()
+        if k.startswith("jax")
+    }
+    if rates:
+        # The fastest per-agent rate measured, at a size where the parameters stay in the
+        # cache: a step of the largest N at that rate is bound by compute, not memory.
+        fastest = max(rates, key=rates.get)
+        step_ms = 1e3 * last["agents"] / rates[fastest]
+        line += (
+            f"; at the fastest rate measured at N = {training['goal_agents']} ({fastest}, "
+            f"{rates[fastest]:,.0f} agent-steps/s, the parameters in the cache) it would take "
+            f"{step_ms:.1f} ms (bound / step time {100 * bound_ms / step_ms:.0f} %)"
+        )
+    return [line + "."]
 
 
 def _kernels_note(training: dict) -> list[str]:
